@@ -1,0 +1,1 @@
+"""Acceleration: kernels, quantization formats, speculative decoding."""

@@ -1,0 +1,1 @@
+"""Command-line interface (`sage`): argument handling only, logic lives in the modules it calls."""

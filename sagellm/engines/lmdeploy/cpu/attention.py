@@ -1,0 +1,93 @@
+"""LMDeploy ``PagedAttention`` implementation for the CPU device, over sagellm's torch kernels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lmdeploy.pytorch.backends.attention import AttentionBuilder, AttentionImpl, AttentionMetadata
+
+from sagellm.accel.kernels.cpu import PackedBatch, fill_kv_cache, pack_batch, paged_attention
+
+
+@dataclass
+class CpuAttentionMetadata(AttentionMetadata):
+    kv_start_loc: torch.Tensor = None
+    kv_flatten_size: int = None
+    packed: PackedBatch = None
+
+
+class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        attn_metadata: CpuAttentionMetadata,
+        k_scales_zeros: torch.Tensor = None,
+        v_scales_zeros: torch.Tensor = None,
+        learnable_sink: torch.Tensor = None,
+        inplace: bool = True,
+    ) -> torch.Tensor:
+        if attn_metadata.quant_policy:
+            raise NotImplementedError(
+                f"KV-cache quantization (quant_policy={attn_metadata.quant_policy}) is not available on the "
+                "cpu device yet; run with quant_policy=0"
+            )
+        if self.alibi:
+            raise NotImplementedError("ALiBi attention is not available on the cpu device")
+        packed = attn_metadata.packed
+        if packed is None:
+            packed = pack_batch(attn_metadata.q_seqlens, attn_metadata.kv_seqlens, attn_metadata.q_start_loc)
+        if key is not None and value is not None:
+            fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed)
+        return paged_attention(
+            query,
+            k_cache,
+            v_cache,
+            attn_metadata.block_offsets,
+            attn_metadata.q_seqlens,
+            attn_metadata.kv_seqlens,
+            packed,
+            scale=self.scale,
+            causal=self.causal,
+            sliding_window=self.sliding_window,
+            logit_softcapping=self.logit_softcapping,
+            sinks=learnable_sink,
+        )
+
+
+class CpuPagedAttentionBuilder(AttentionBuilder[CpuAttentionMetadata]):
+    @staticmethod
+    def build(
+        num_heads: int,
+        head_size: int,
+        scale: float = None,
+        num_kv_heads: int = None,
+        v_head_size: int = None,
+        alibi: bool = False,
+        sliding_window: int = None,
+        logical_softcapping: float = None,
+        causal: bool = True,
+        use_flash_mla: bool = False,
+        learnable_sink: bool = False,
+        block_sparse_size: int = 1,
+        **kwargs,
+    ) -> CpuPagedAttentionImpl:
+        if use_flash_mla:
+            raise NotImplementedError("FlashMLA is CUDA-only; the cpu device cannot run this model")
+        if block_sparse_size != 1:
+            raise NotImplementedError("block-sparse attention is not available on the cpu device")
+        return CpuPagedAttentionImpl(
+            num_heads,
+            head_size,
+            scale=scale,
+            num_kv_heads=num_kv_heads,
+            v_head_size=v_head_size,
+            alibi=alibi,
+            sliding_window=sliding_window,
+            logit_softcapping=logical_softcapping,
+            causal=causal,
+        )

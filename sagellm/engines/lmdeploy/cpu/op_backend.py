@@ -1,0 +1,67 @@
+"""LMDeploy ``OpsBackend`` for the CPU device: the default (pure torch) ops plus paged attention."""
+
+from __future__ import annotations
+
+from lmdeploy.pytorch.backends.base import OpType
+from lmdeploy.pytorch.backends.default import DefaultOpsBackend
+
+from sagellm.accel.kernels.cpu import pack_batch
+
+
+class CpuOpsBackend(DefaultOpsBackend):
+    @staticmethod
+    def get_name() -> str:
+        return "cpu"
+
+    @classmethod
+    def get_layer_impl_builder(cls, layer_type: OpType):
+        if layer_type == OpType.PagedAttention:
+            from sagellm.engines.lmdeploy.cpu.attention import CpuPagedAttentionBuilder
+
+            return CpuPagedAttentionBuilder
+        return super().get_layer_impl_builder(layer_type)
+
+    @staticmethod
+    def get_attention_metadata_cls():
+        from sagellm.engines.lmdeploy.cpu.attention import CpuAttentionMetadata
+
+        return CpuAttentionMetadata
+
+    @classmethod
+    def update_step_context(cls, step_context):
+        """Build the attention metadata once per step; every layer reuses its packed-batch indices."""
+        q_seqlens = step_context.q_seqlens
+        kv_seqlens = step_context.kv_seqlens
+        q_start_loc = q_seqlens.cumsum(0) - q_seqlens
+        kv_start_loc = None
+        kv_flatten_size = None
+        if not step_context.is_decoding:
+            kv_start_loc = kv_seqlens.cumsum(0) - kv_seqlens
+            kv_flatten_size = step_context.sum_kv_seqlen
+        step_context.attn_metadata = cls.get_attention_metadata_cls()(
+            step_context.is_decoding,
+            step_context.block_offsets,
+            q_start_loc=q_start_loc,
+            q_seqlens=q_seqlens,
+            kv_seqlens=kv_seqlens,
+            kv_start_loc=kv_start_loc,
+            kv_flatten_size=kv_flatten_size,
+            quant_policy=step_context.kv_quant_policy,
+            packed=pack_batch(q_seqlens, kv_seqlens, q_start_loc),
+        )
+        if step_context.cross_seqlens is not None:
+            raise NotImplementedError("cross-attention (encoder-decoder) models are not available on the cpu device")
+        step_context.cross_attn_metadata = None
+        return step_context
+
+    @staticmethod
+    def ccl_backend() -> str:
+        return "gloo"
+
+    @staticmethod
+    def device_count() -> int:
+        return 1
+
+    @staticmethod
+    def support_ray() -> bool:
+        return False
