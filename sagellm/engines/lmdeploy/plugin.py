@@ -15,6 +15,7 @@ from typing import Callable
 # plugin name -> "module:function" that installs it; imported only when selected.
 PLUGINS: dict[str, str] = {
     "cpu": "sagellm.engines.lmdeploy.cpu.device:register_cpu_device",
+    "api_guard": "sagellm.engines.lmdeploy.app_hooks:register_api_guard",
 }
 
 _installed: set[str] = set()

@@ -1,0 +1,1 @@
+"""Control plane: engine registry, routing across engines, ports."""

@@ -1,0 +1,157 @@
+"""Start LMDeploy's OpenAI-compatible server on the patched engine with sagellm's plugins.
+
+This is what ``sage llm engine start --engine-kind sagellm`` runs: it resolves the device and
+dtype, builds LMDeploy's ``PytorchEngineConfig`` and hands over to LMDeploy's own
+``api_server.serve`` (the same server ``lmdeploy serve api_server`` runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sagellm.control_plane.ports import SagePorts
+
+CPU_DEFAULT_CACHE_FRACTION = 0.1
+
+
+@dataclass
+class EngineServerConfig:
+    model: str
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 0
+    dtype: str = "auto"
+    session_len: int | None = None
+    max_batch_size: int | None = None
+    cache_max_entry_count: float | None = None
+    block_size: int = 64
+    enable_prefix_caching: bool = True
+    model_name: str | None = None
+    api_keys: list[str] = field(default_factory=list)
+    log_level: str = "WARNING"
+    sample_request: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cache_max_entry_count is not None and not 0 < self.cache_max_entry_count < 1:
+            raise ValueError(
+                f"cache_max_entry_count must be a fraction in (0, 1), got {self.cache_max_entry_count}"
+            )
+        if self.session_len is not None and self.session_len < 16:
+            raise ValueError(f"session_len must be >= 16 tokens, got {self.session_len}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two >= 16, got {self.block_size}")
+
+
+def checkpoint_dtype(model_path: str) -> str | None:
+    """The ``torch_dtype`` a HF checkpoint declares, if any."""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text())
+    value = data.get("torch_dtype") or data.get("dtype")
+    return str(value).removeprefix("torch.") if value else None
+
+
+def resolve_dtype(requested: str, device_type: str, model_path: str) -> str:
+    """LMDeploy's ``auto`` turns float32 checkpoints into float16; on CPU keep float32 (exact, and fast there)."""
+    if requested != "auto" or device_type != "cpu":
+        return requested
+    declared = checkpoint_dtype(model_path)
+    return "bfloat16" if declared == "bfloat16" else "float32"
+
+
+def build_engine_config(config: EngineServerConfig, device_type: str):
+    from lmdeploy import PytorchEngineConfig
+
+    cache_fraction = config.cache_max_entry_count
+    if cache_fraction is None:
+        cache_fraction = CPU_DEFAULT_CACHE_FRACTION if device_type == "cpu" else 0.8
+    kwargs = dict(
+        device_type=device_type,
+        dtype=resolve_dtype(config.dtype, device_type, config.model),
+        session_len=config.session_len,
+        cache_max_entry_count=cache_fraction,
+        block_size=config.block_size,
+        enable_prefix_caching=config.enable_prefix_caching,
+        eager_mode=device_type == "cpu",
+    )
+    if config.max_batch_size is not None:
+        kwargs["max_batch_size"] = config.max_batch_size
+    return PytorchEngineConfig(**kwargs)
+
+
+def _print_sample_request(base_url: str, model_name: str, api_keys: list[str], timeout_s: float = 600.0) -> None:
+    """Wait for the server, send one chat request and print it with the reply, as a usage example."""
+    headers = {"Content-Type": "application/json"}
+    if api_keys:
+        headers["Authorization"] = f"Bearer {api_keys[0]}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        print(f"[sagellm] server at {base_url} did not become healthy within {timeout_s:.0f}s", flush=True)
+        return
+    body = {
+        "model": model_name,
+        "messages": [{"role": "user", "content": "Hello! What can you do?"}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    request = urllib.request.Request(
+        f"{base_url}/v1/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            reply = json.loads(response.read())
+    except OSError as err:
+        print(f"[sagellm] sample request failed: {err}", flush=True)
+        return
+    auth = f" -H 'Authorization: Bearer {api_keys[0]}'" if api_keys else ""
+    print(
+        "[sagellm] sample request:\n"
+        f"  curl {base_url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
+        f"    -d '{json.dumps(body)}'\n"
+        f"[sagellm] reply ({reply['usage']['completion_tokens']} tokens): "
+        f"{reply['choices'][0]['message']['content']!r}",
+        flush=True,
+    )
+
+
+def serve(config: EngineServerConfig, device_type: str) -> None:
+    """Serve until interrupted (blocking)."""
+    from lmdeploy.serve.openai.api_server import serve as lmdeploy_serve
+
+    port = SagePorts.resolve(config.port, config.host)
+    base_url = f"http://{config.host}:{port}"
+    model_name = config.model_name or config.model
+    engine_config = build_engine_config(config, device_type)
+    print(
+        f"[sagellm] serving {model_name} on device={device_type} dtype={engine_config.dtype} at {base_url} "
+        "(OpenAI-compatible: /v1/chat/completions, /v1/completions, /v1/models)",
+        flush=True,
+    )
+    if config.sample_request:
+        threading.Thread(
+            target=_print_sample_request, args=(base_url, model_name, config.api_keys), daemon=True
+        ).start()
+    os.environ.setdefault("UVICORN_LOG_LEVEL", "warning")
+    lmdeploy_serve(
+        config.model,
+        model_name=model_name,
+        backend="pytorch",
+        backend_config=engine_config,
+        server_name=config.host,
+        server_port=port,
+        log_level=config.log_level,
+        api_keys=config.api_keys or None,
+    )
