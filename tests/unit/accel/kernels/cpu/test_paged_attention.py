@@ -1,0 +1,123 @@
+"""The batched paged-attention kernel against a per-sequence dense reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sagellm.accel.kernels.cpu import attention_mask, fill_kv_cache, gather_kv, pack_batch, paged_attention
+
+BLOCK = 4
+
+
+def test_pack_batch_indices_exact():
+    # seq0: 3 new tokens after 2 cached; seq1: 1 decode token after 5 cached
+    q_seqlens = torch.tensor([3, 1])
+    kv_seqlens = torch.tensor([5, 6])
+    packed = pack_batch(q_seqlens, kv_seqlens, q_seqlens.cumsum(0) - q_seqlens)
+    assert packed.token_seq.tolist() == [0, 0, 0, 1]
+    assert packed.token_pos.tolist() == [2, 3, 4, 5]
+    assert packed.token_slot.tolist() == [0, 1, 2, 3]
+    assert (packed.max_q_len, packed.max_kv_len) == (3, 6)
+
+
+def test_fill_writes_each_token_to_its_block_slot():
+    k_cache = torch.zeros(6, BLOCK, 1, 1)
+    v_cache = torch.zeros(6, BLOCK, 1, 1)
+    block_offsets = torch.tensor([[4, 1], [2, 5]])
+    q_seqlens = torch.tensor([3, 1])
+    kv_seqlens = torch.tensor([5, 6])
+    packed = pack_batch(q_seqlens, kv_seqlens, q_seqlens.cumsum(0) - q_seqlens)
+    key = torch.tensor([10.0, 11.0, 12.0, 20.0]).view(4, 1, 1)
+    fill_kv_cache(key, -key, k_cache, v_cache, block_offsets, packed)
+    # seq0 positions 2,3 -> block 4 slots 2,3; position 4 -> block 1 slot 0; seq1 position 5 -> block 5 slot 1
+    assert k_cache[4, 2:, 0, 0].tolist() == [10.0, 11.0]
+    assert k_cache[1, 0, 0, 0].item() == 12.0
+    assert k_cache[5, 1, 0, 0].item() == 20.0
+    assert v_cache[5, 1, 0, 0].item() == -20.0
+    assert int((k_cache != 0).sum()) == 4
+
+
+def test_mask_is_causal_offset_by_history():
+    mask = attention_mask(torch.tensor([2]), torch.tensor([4]), max_q_len=2, kv_len=4)[0, 0]
+    assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_sliding_window_limits_lookback():
+    mask = attention_mask(torch.tensor([1]), torch.tensor([5]), 1, 5, sliding_window=2)[0, 0]
+    assert mask.tolist() == [[False, False, False, True, True]]
+
+
+def _dense_reference(query, keys, values, history, scale):
+    """softmax(QK^T) V for one sequence, with a causal mask offset by ``history``."""
+    heads = query.shape[1]
+    groups = heads // keys.shape[1]
+    k = keys.repeat_interleave(groups, dim=1).transpose(0, 1)
+    v = values.repeat_interleave(groups, dim=1).transpose(0, 1)
+    q = query.transpose(0, 1)
+    q_len, kv_len = q.shape[1], k.shape[1]
+    allowed = torch.arange(kv_len)[None, :] <= (history + torch.arange(q_len))[:, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    return out.transpose(0, 1)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+def test_mixed_batch_matches_dense_reference(dtype, atol):
+    """Prefill with a cached prefix, fresh prefill and decode in one packed batch, with GQA."""
+    torch.manual_seed(0)
+    heads, kv_heads, dim = 4, 2, 8
+    histories = [5, 0, 9]  # tokens already in the cache
+    new_tokens = [3, 6, 1]  # tokens of this step
+    totals = [h + n for h, n in zip(histories, new_tokens)]
+    num_blocks = 16
+    k_cache = torch.zeros(num_blocks, BLOCK, kv_heads, dim, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    perm = torch.randperm(num_blocks)
+    block_offsets = torch.stack([perm[0:4], perm[4:8], perm[8:12]])
+    full_k = [torch.randn(t, kv_heads, dim, dtype=dtype) for t in totals]
+    full_v = [torch.randn(t, kv_heads, dim, dtype=dtype) for t in totals]
+    for seq, history in enumerate(histories):
+        for pos in range(history):  # the cached prefix, written the slow obvious way
+            block = block_offsets[seq, pos // BLOCK]
+            k_cache[block, pos % BLOCK] = full_k[seq][pos]
+            v_cache[block, pos % BLOCK] = full_v[seq][pos]
+    query = [torch.randn(n, heads, dim, dtype=dtype) for n in new_tokens]
+    q_seqlens = torch.tensor(new_tokens)
+    kv_seqlens = torch.tensor(totals)
+    packed = pack_batch(q_seqlens, kv_seqlens, q_seqlens.cumsum(0) - q_seqlens)
+    fill_kv_cache(
+        torch.cat([k[h:] for k, h in zip(full_k, histories)]),
+        torch.cat([v[h:] for v, h in zip(full_v, histories)]),
+        k_cache, v_cache, block_offsets, packed,
+    )
+    out = paged_attention(
+        torch.cat(query), k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, packed, scale=dim**-0.5
+    )
+    expected = torch.cat(
+        [
+            _dense_reference(q.float(), k.float(), v.float(), h, dim**-0.5)
+            for q, k, v, h in zip(query, full_k, full_v, histories)
+        ]
+    )
+    assert out.dtype == dtype
+    assert out.shape == (sum(new_tokens), heads, dim)
+    torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
+    assert gather_kv(k_cache, block_offsets, max(totals)).shape == (3, 12, kv_heads, dim)
+
+
+def test_softcapping_path_matches_formula():
+    torch.manual_seed(1)
+    k_cache = torch.randn(2, BLOCK, 1, 4)
+    v_cache = torch.randn(2, BLOCK, 1, 4)
+    block_offsets = torch.tensor([[1, 0]])
+    q_seqlens, kv_seqlens = torch.tensor([1]), torch.tensor([6])
+    packed = pack_batch(q_seqlens, kv_seqlens, torch.tensor([0]))
+    query = torch.randn(1, 1, 4)
+    out = paged_attention(query, k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, packed, 0.5,
+                          logit_softcapping=2.0)
+    keys = gather_kv(k_cache, block_offsets, 6)[0, :6, 0]
+    values = gather_kv(v_cache, block_offsets, 6)[0, :6, 0]
+    scores = torch.tanh((keys @ query[0, 0]) * 0.5 / 2.0) * 2.0
+    expected = torch.softmax(scores, dim=0) @ values
+    torch.testing.assert_close(out[0, 0], expected)

@@ -1,0 +1,52 @@
+"""Plugin selection (SAGELLM_PLUGINS) and the CPU device module."""
+
+from __future__ import annotations
+
+import pytest
+
+from sagellm.engines.lmdeploy import plugin
+from sagellm.engines.lmdeploy.cpu import device_module
+
+
+def test_all_is_default():
+    assert plugin.selected_plugins("") == list(plugin.PLUGINS)
+    assert plugin.selected_plugins("all") == list(plugin.PLUGINS)
+
+
+def test_none_selects_nothing():
+    assert plugin.selected_plugins("none") == []
+
+
+def test_list_keeps_registry_order():
+    assert plugin.selected_plugins("api_guard, cpu") == ["cpu", "api_guard"]
+
+
+def test_unknown_plugin_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown plugin\(s\) gpu; valid names: api_guard, cpu"):
+        plugin.selected_plugins("cpu,gpu")
+
+
+def test_cpu_memory_budget_caps_free(monkeypatch):
+    monkeypatch.setenv("SAGELLM_CPU_MEMORY_GIB", "0.5")
+    free, total = device_module.mem_get_info()
+    assert free == min(1 << 29, device_module._available_ram())
+    assert total >= free
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-1"])
+def test_bad_memory_budget_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("SAGELLM_CPU_MEMORY_GIB", value)
+    with pytest.raises(ValueError, match="SAGELLM_CPU_MEMORY_GIB"):
+        device_module.mem_get_info()
+
+
+def test_streams_and_events_behave_synchronously():
+    stream = device_module.Stream()
+    assert stream is not device_module.current_stream()
+    with device_module.stream(stream):
+        assert device_module.current_stream() is stream
+    assert device_module.current_stream() is device_module.default_stream()
+    start, end = device_module.Event(enable_timing=True), device_module.Event(enable_timing=True)
+    start.record()
+    end.record()
+    assert start.query() and end.elapsed_time(start) <= 0 <= start.elapsed_time(end)
