@@ -19,18 +19,21 @@ VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
 STEPS=6
 step() { printf '\n[setup %s/%s] %s\n' "$1" "$STEPS" "$2"; }
+# Each pip stage runs only when its inputs changed since the last successful run.
+stamp_ok() { [ -f "$VENV/.sagellm-$1" ] && [ "$(cat "$VENV/.sagellm-$1")" = "$2" ]; }
+stamp_set() { echo "$2" > "$VENV/.sagellm-$1"; }
 pip_quiet() { "$VPY" -m pip install --disable-pip-version-check --progress-bar off "$@"; }
 
 step 1 "virtual environment at .venv"
 if [ ! -x "$VPY" ]; then
     "$PYTHON" -m venv "$VENV"
-    pip_quiet -q --upgrade pip
+fi
+# Editable installs below build without isolation: they need a setuptools that reads PEP 639 metadata.
+if ! stamp_ok tools "setuptools>=77"; then
+    pip_quiet -q --upgrade pip "setuptools>=77" wheel
+    stamp_set tools "setuptools>=77"
 fi
 "$VPY" --version
-
-# Each pip stage runs only when its requirement files changed since the last successful run.
-stamp_ok() { [ -f "$VENV/.sagellm-$1" ] && [ "$(cat "$VENV/.sagellm-$1")" = "$2" ]; }
-stamp_set() { echo "$2" > "$VENV/.sagellm-$1"; }
 
 step 2 "torch"
 TORCH_SPEC="${SAGELLM_TORCH_SPEC:-$(grep -v '^#' requirements/torch.txt | xargs)}"
@@ -60,8 +63,11 @@ PYTHON_FOR_PATCHES="$VPY" bash scripts/apply_patches.sh
 step 5 "editable installs (patched LMDeploy, sagellm)"
 if ! "$VPY" -m pip show -q lmdeploy >/dev/null 2>&1 || ! "$VPY" -m pip show -q sagellm >/dev/null 2>&1 \
         || ! stamp_ok pyproject "$(sha256sum pyproject.toml | cut -d' ' -f1)"; then
-    pip_quiet -q --no-deps --no-build-isolation -e third_party/lmdeploy
-    pip_quiet -q --no-deps --no-build-isolation -e .
+    log="$VENV/.sagellm-editable.log"
+    { pip_quiet -q --no-deps --no-build-isolation -e third_party/lmdeploy \
+        && pip_quiet -q --no-deps --no-build-isolation -e .; } >"$log" 2>&1 \
+        || { cat "$log"; echo "editable install failed (log above, also in $log)" >&2; exit 1; }
+    echo "installed lmdeploy (third_party/lmdeploy) and sagellm in editable mode"
     stamp_set pyproject "$(sha256sum pyproject.toml | cut -d' ' -f1)"
 else
     echo "up to date"
