@@ -84,3 +84,16 @@ def test_shared_prefix_reuses_cache_and_matches_transformers(model_and_pipe):
         common += 1
     assert common >= 2 * 16, "the prompts must share at least two full blocks"
     assert out_first + out_second == transformers_greedy(model_dir, ids_first + ids_second, 12)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_on_cpu(tiny_model_dir, dtype):
+    """bf16/fp16 go through the same kernels; numerics differ from float32, so only the shape of the output is exact."""
+    pipe = build_pipeline(tiny_model_dir("llama"), dtype=dtype, enable_prefix_caching=False)
+    try:
+        _, generated = engine_greedy(pipe, make_prompts(4, 5, 40, seed=3), 8)
+    finally:
+        pipe.close()
+    vocab_size = pipe.tokenizer.vocab_size
+    assert [len(tokens) for tokens in generated] == [8, 8, 8, 8]
+    assert all(0 <= token < vocab_size for tokens in generated for token in tokens)
