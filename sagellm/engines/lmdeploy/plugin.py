@@ -8,26 +8,29 @@ or a comma-separated list of names from :data:`PLUGINS`.
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Callable
 
-# plugin name -> "module:function" that installs it; imported only when selected.
-PLUGINS: dict[str, str] = {
-    "cpu": "sagellm.engines.lmdeploy.cpu.device:register_cpu_device",
-    "api_guard": "sagellm.engines.lmdeploy.app_hooks:register_api_guard",
-}
+from sagellm.core.registry import Registry
+
+# plugin name -> the function that installs it; imported only when selected.
+PLUGINS: Registry[Callable[[], None]] = Registry("sagellm plugin")
+PLUGINS.register("cpu", "sagellm.engines.lmdeploy.cpu.device:register_cpu_device")
+PLUGINS.register("api_guard", "sagellm.engines.lmdeploy.app_hooks:register_api_guard")
+PLUGINS.register("kv_tiers", "sagellm.engines.lmdeploy.kv_tiers:install_kv_tiers")
+PLUGINS.register("auth", "sagellm.engines.lmdeploy.auth:register_auth")
+PLUGINS.register("metrics", "sagellm.engines.lmdeploy.metrics_hook:register_metrics")
 
 _installed: set[str] = set()
 
 
 def selected_plugins(value: str | None = None) -> list[str]:
-    """Plugin names selected by ``SAGELLM_PLUGINS`` (or ``value``), in registry order."""
+    """Plugin names selected by ``SAGELLM_PLUGINS`` (or ``value``), sorted."""
     if value is None:
         value = os.environ.get("SAGELLM_PLUGINS", "all")
     value = value.strip()
     if value in ("", "all"):
-        return list(PLUGINS)
+        return list(PLUGINS.names())
     if value == "none":
         return []
     names = [name.strip() for name in value.split(",") if name.strip()]
@@ -35,14 +38,9 @@ def selected_plugins(value: str | None = None) -> list[str]:
     if unknown:
         raise ValueError(
             f"SAGELLM_PLUGINS names unknown plugin(s) {', '.join(unknown)}; "
-            f"valid names: {', '.join(sorted(PLUGINS))} (or 'all' / 'none')"
+            f"valid names: {', '.join(PLUGINS.names())} (or 'all' / 'none')"
         )
-    return [name for name in PLUGINS if name in names]
-
-
-def _load(target: str) -> Callable[[], None]:
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return [name for name in PLUGINS.names() if name in names]
 
 
 def install() -> list[str]:
@@ -50,7 +48,7 @@ def install() -> list[str]:
     for name in selected_plugins():
         if name in _installed:
             continue
-        _load(PLUGINS[name])()
+        PLUGINS.get(name)()
         _installed.add(name)
     return sorted(_installed)
 

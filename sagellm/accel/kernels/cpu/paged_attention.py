@@ -15,6 +15,12 @@ step it has ``kv_seqlens[b]`` tokens of history, so its new tokens sit at positi
 
 Everything is vectorized across the batch (no per-sequence Python loop): prefill with a cached
 prefix, decode, and mixed batches all go through the same gather + masked attention.
+
+Quantized KV (LMDeploy ``quant_policy`` 8 / 4): pass a :class:`~.kv_quant.KVQuant` holding the
+per-token-per-head scale/zero tensors; the caches are then uint8 blocks (see ``kv_quant``).
+:func:`fill_kv_cache` quantizes the new tokens into them and :func:`paged_attention`
+dequantizes the gathered history; positions past a sequence's length decode to zero, so
+never-written slots (uninitialized scales) cannot leak NaNs into the masked attention.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from sagellm.accel.kernels.cpu.kv_quant import KVQuant, dequantize_kv, quantize_kv
 
 
 @dataclass(frozen=True)
@@ -61,13 +69,20 @@ def fill_kv_cache(
     v_cache: torch.Tensor,
     block_offsets: torch.Tensor,
     packed: PackedBatch,
+    quant: KVQuant | None = None,
 ) -> None:
-    """Write the new tokens' K/V into their blocks, in place."""
+    """Write the new tokens' K/V into their blocks, in place (quantized with their scale/zero when ``quant``)."""
     block_size = k_cache.size(1)
     blocks = block_offsets[packed.token_seq, packed.token_pos // block_size]
     slots = packed.token_pos % block_size
-    k_cache[blocks, slots] = key.to(k_cache.dtype)
-    v_cache[blocks, slots] = value.to(v_cache.dtype)
+    if quant is None:
+        k_cache[blocks, slots] = key.to(k_cache.dtype)
+        v_cache[blocks, slots] = value.to(v_cache.dtype)
+        return
+    for states, cache, scales_zeros in ((key, k_cache, quant.k_scales_zeros), (value, v_cache, quant.v_scales_zeros)):
+        codes, sz = quantize_kv(states, quant.bits, scales_zeros.dtype)
+        cache[blocks, slots] = codes
+        scales_zeros[blocks, slots] = sz
 
 
 def gather_kv(cache: torch.Tensor, block_offsets: torch.Tensor, max_kv_len: int) -> torch.Tensor:
@@ -77,6 +92,23 @@ def gather_kv(cache: torch.Tensor, block_offsets: torch.Tensor, max_kv_len: int)
     gathered = cache[block_offsets[:, :num_blocks]]  # [batch, nb, bs, h, d]
     batch, nb, bs, heads, dim = gathered.shape
     return gathered.reshape(batch, nb * bs, heads, dim)
+
+
+def gather_dequantized(
+    cache: torch.Tensor,
+    scales_zeros: torch.Tensor,
+    bits: int,
+    block_offsets: torch.Tensor,
+    kv_seqlens: torch.Tensor,
+    packed: PackedBatch,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Like :func:`gather_kv`, dequantized to ``dtype``; positions at or past ``kv_seqlens[b]`` are zero."""
+    codes = gather_kv(cache, block_offsets, packed.max_kv_len)
+    sz = gather_kv(scales_zeros, block_offsets, packed.max_kv_len)  # [b, L, h, 2]
+    valid = torch.arange(sz.size(1), device=sz.device)[None, :] < kv_seqlens[:, None]
+    sz = torch.where(valid[:, :, None, None], sz, torch.zeros((), dtype=sz.dtype, device=sz.device))
+    return dequantize_kv(codes, sz, bits, dtype)
 
 
 def attention_mask(
@@ -117,15 +149,27 @@ def paged_attention(
     sliding_window: int | None = None,
     logit_softcapping: float | None = None,
     sinks: torch.Tensor | None = None,
+    quant: KVQuant | None = None,
 ) -> torch.Tensor:
     """Attention of the packed new tokens over each sequence's paged history.
 
+    With ``quant``, the caches hold uint8 codes and the history is dequantized first.
     Returns [num_tokens, num_heads, v_head_dim] in the query dtype.
     """
     batch = q_seqlens.numel()
     num_heads, head_dim = query.shape[1], query.shape[2]
-    keys = gather_kv(k_cache, block_offsets, packed.max_kv_len).to(query.dtype)
-    values = gather_kv(v_cache, block_offsets, packed.max_kv_len).to(query.dtype)
+    if quant is None:
+        keys = gather_kv(k_cache, block_offsets, packed.max_kv_len).to(query.dtype)
+        values = gather_kv(v_cache, block_offsets, packed.max_kv_len).to(query.dtype)
+    else:
+        history = (block_offsets, kv_seqlens, packed, query.dtype)
+        keys = gather_dequantized(k_cache, quant.k_scales_zeros, quant.bits, *history)
+        values = gather_dequantized(v_cache, quant.v_scales_zeros, quant.bits, *history)
+    # Slots past a sequence's length hold whatever their block held before, uninitialized memory
+    # included (possibly NaN/inf); masked scores still multiply V (0 * NaN = NaN), so zero them.
+    valid = (torch.arange(keys.size(1), device=keys.device)[None, :] < kv_seqlens[:, None])[:, :, None, None]
+    keys = torch.where(valid, keys, 0)
+    values = torch.where(valid, values, 0)
     kv_len = keys.size(1)
     num_kv_heads = keys.size(2)
 

@@ -121,3 +121,20 @@ def test_softcapping_path_matches_formula():
     scores = torch.tanh((keys @ query[0, 0]) * 0.5 / 2.0) * 2.0
     expected = torch.softmax(scores, dim=0) @ values
     torch.testing.assert_close(out[0, 0], expected)
+
+
+def test_garbage_past_sequence_end_does_not_leak():
+    """Unwritten cache slots may hold NaN/inf (torch.empty); they must not reach the output."""
+    torch.manual_seed(2)
+    k_cache = torch.full((4, BLOCK, 1, 4), float("nan"))
+    v_cache = torch.full((4, BLOCK, 1, 4), float("inf"))
+    block_offsets = torch.tensor([[2, 3], [1, 0]])
+    q_seqlens, kv_seqlens = torch.tensor([3, 1]), torch.tensor([3, 6])
+    packed = pack_batch(q_seqlens, kv_seqlens, q_seqlens.cumsum(0) - q_seqlens)
+    # seq1 has 5 cached tokens: positions 0..3 in block 1, position 4 in block 0
+    k_cache[1], v_cache[1] = torch.randn(BLOCK, 1, 4), torch.randn(BLOCK, 1, 4)
+    k_cache[0, 0], v_cache[0, 0] = torch.randn(1, 4), torch.randn(1, 4)
+    key, value = torch.randn(4, 1, 4), torch.randn(4, 1, 4)
+    fill_kv_cache(key, value, k_cache, v_cache, block_offsets, packed)
+    out = paged_attention(torch.randn(4, 1, 4), k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, packed, 0.5)
+    assert torch.isfinite(out).all()
