@@ -5,84 +5,87 @@ from __future__ import annotations
 import atexit
 import os
 import time
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+from sagellm.control_plane.engine_config import EngineStartConfig
+from sagellm.core.config import ConfigError, load_config, with_config_options
 
 app = typer.Typer(help="Start, list and stop LLM engines.", no_args_is_help=True)
 engine_app = typer.Typer(help="Engines on this machine.", no_args_is_help=True)
 app.add_typer(engine_app, name="engine")
 
-ENGINE_KINDS = ("sagellm",)
-
 
 @engine_app.command("start")
+@with_config_options(EngineStartConfig, typer.Option)
 def start(
     model: Optional[str] = typer.Argument(
         None, help="HF checkpoint directory (safetensors). Default: the embedded tiny model, created on first use."
     ),
-    engine_kind: str = typer.Option("sagellm", help=f"Engine to start: {', '.join(ENGINE_KINDS)}."),
-    device: str = typer.Option(
-        os.environ.get("SAGELLM_DEVICE", "auto"),
-        help="auto|cpu|cuda|ascend|camb|maca. auto picks the first usable accelerator, else cpu.",
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        help="YAML file of options (see configs/engines/sagellm.yaml). Precedence: file < SAGELLM_* env < flags.",
     ),
-    host: str = typer.Option("127.0.0.1", help="Address to bind. Only loopback by default."),
-    port: int = typer.Option(0, help="Port to bind; 0 picks a free one (printed on start)."),
-    dtype: str = typer.Option("auto", help="auto|float32|bfloat16|float16. auto keeps float32 checkpoints in float32 on cpu."),
-    session_len: Optional[int] = typer.Option(None, help="Max tokens per session (prompt + output). Default: the model's."),
-    max_batch_size: Optional[int] = typer.Option(None, help="Max sequences per engine step."),
-    cache_max_entry_count: Optional[float] = typer.Option(
-        None, help="Fraction of free device memory (available RAM on cpu; cap with SAGELLM_CPU_MEMORY_GIB) for the KV cache."
-    ),
-    block_size: int = typer.Option(64, help="Tokens per KV block (power of two >= 16)."),
-    prefix_caching: bool = typer.Option(True, help="Reuse KV of shared prompt prefixes."),
-    model_name: Optional[str] = typer.Option(None, help="Name clients pass as `model`. Default: the model path."),
-    api_keys: Optional[str] = typer.Option(
-        os.environ.get("SAGELLM_API_KEYS"), help="Comma-separated bearer tokens required on every endpoint but /health."
-    ),
-    sample: bool = typer.Option(True, help="Send one sample chat request once ready and print it."),
+    config_overrides: Optional[dict] = None,
 ) -> None:
     """Start an OpenAI-compatible engine server (blocks until interrupted)."""
-    if engine_kind not in ENGINE_KINDS:
-        raise typer.BadParameter(f"unknown engine kind {engine_kind!r}; valid: {', '.join(ENGINE_KINDS)}")
+    # Before anything imports prometheus_client: metrics of the engine process reach /metrics.
+    from sagellm.telemetry.multiproc import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir()
     from sagellm.control_plane import local_engines
     from sagellm.control_plane.ports import SagePorts
     from sagellm.engines.lmdeploy.server import EngineServerConfig, serve
     from sagellm.hal import resolve_device
 
-    descriptor = resolve_device(device)
+    overrides = dict(config_overrides or {})
+    if model is not None:
+        overrides["model"] = model
+    try:
+        options = load_config(EngineStartConfig, file=config, overrides=overrides)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    descriptor = resolve_device(options.device)
+    model = options.model
     if model is None:
         from sagellm.models.tiny import ensure_default_model
 
         model = str(ensure_default_model())
         typer.echo(f"[sagellm] using the embedded default model at {model}")
-    port = SagePorts.resolve(port, host)
-    config = EngineServerConfig(
+    port = SagePorts.resolve(options.port, options.host)
+    server_config = EngineServerConfig(
         model=model,
-        device=device,
-        host=host,
+        device=options.device,
+        host=options.host,
         port=port,
-        dtype=dtype,
-        session_len=session_len,
-        max_batch_size=max_batch_size,
-        cache_max_entry_count=cache_max_entry_count,
-        block_size=block_size,
-        enable_prefix_caching=prefix_caching,
-        model_name=model_name,
-        api_keys=[key for key in (api_keys or "").split(",") if key],
-        sample_request=sample,
+        dtype=options.dtype,
+        kv_dtype=options.kv_dtype,
+        session_len=options.session_len,
+        max_batch_size=options.max_batch_size,
+        cache_max_entry_count=options.cache_max_entry_count,
+        block_size=options.block_size,
+        enable_prefix_caching=options.prefix_caching,
+        model_name=options.model_name,
+        api_keys=list(options.api_keys),
+        log_level=options.log_level,
+        sample_request=options.sample,
+        kv_transport=options.kv_transport_config(),
     )
     entry = local_engines.LocalEngineRecord(
         pid=os.getpid(),
-        engine_kind=engine_kind,
-        model=model_name or model,
+        engine_kind=options.engine_kind,
+        model=options.model_name or model,
         device=descriptor.lmdeploy_device_type,
-        base_url=f"http://{host}:{port}",
+        base_url=f"http://{options.host}:{port}",
         started_at=time.time(),
     )
     local_engines.record(entry)
     atexit.register(local_engines.forget, entry.pid)
-    serve(config, descriptor.lmdeploy_device_type)
+    serve(server_config, descriptor.lmdeploy_device_type)
 
 
 @engine_app.command("list")

@@ -13,6 +13,8 @@ COMMAND_GROUPS: dict[str, str] = {
     "infer": "sagellm.cli.infer",
     "models": "sagellm.cli.models",
     "patches": "sagellm.cli.patches",
+    "gateway": "sagellm.cli.gateway",
+    "transport": "sagellm.cli.transport",
 }
 
 app = typer.Typer(

@@ -14,8 +14,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sagellm.control_plane.ports import SagePorts
+
+if TYPE_CHECKING:
+    from sagellm.comm_backend.transport_config import KVTransportConfig
 
 CPU_DEFAULT_CACHE_FRACTION = 0.1
 
@@ -27,6 +31,7 @@ class EngineServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     dtype: str = "auto"
+    kv_dtype: str = "auto"  # QuantizationProfile.kv_dtype -> PytorchEngineConfig.quant_policy
     session_len: int | None = None
     max_batch_size: int | None = None
     cache_max_entry_count: float | None = None
@@ -36,6 +41,7 @@ class EngineServerConfig:
     api_keys: list[str] = field(default_factory=list)
     log_level: str = "WARNING"
     sample_request: bool = True
+    kv_transport: KVTransportConfig | None = None
 
     def __post_init__(self) -> None:
         if self.cache_max_entry_count is not None and not 0 < self.cache_max_entry_count < 1:
@@ -69,6 +75,8 @@ def resolve_dtype(requested: str, device_type: str, model_path: str) -> str:
 def build_engine_config(config: EngineServerConfig, device_type: str):
     from lmdeploy import PytorchEngineConfig
 
+    from sagellm.core.quant import QuantizationProfile
+
     cache_fraction = config.cache_max_entry_count
     if cache_fraction is None:
         cache_fraction = CPU_DEFAULT_CACHE_FRACTION if device_type == "cpu" else 0.8
@@ -80,6 +88,7 @@ def build_engine_config(config: EngineServerConfig, device_type: str):
         block_size=config.block_size,
         enable_prefix_caching=config.enable_prefix_caching,
         eager_mode=device_type == "cpu",
+        quant_policy=QuantizationProfile(kv_dtype=config.kv_dtype).lmdeploy_quant_policy(),
     )
     if config.max_batch_size is not None:
         kwargs["max_batch_size"] = config.max_batch_size
@@ -129,6 +138,10 @@ def _print_sample_request(base_url: str, model_name: str, api_keys: list[str], t
 
 def serve(config: EngineServerConfig, device_type: str) -> None:
     """Serve until interrupted (blocking)."""
+    from sagellm.telemetry.multiproc import prepare_multiprocess_dir
+
+    # before LMDeploy creates any metric or spawns its engine process (which inherits the variable)
+    prepare_multiprocess_dir()
     from lmdeploy.serve.openai.api_server import serve as lmdeploy_serve
 
     port = SagePorts.resolve(config.port, config.host)
@@ -140,6 +153,11 @@ def serve(config: EngineServerConfig, device_type: str) -> None:
         "(OpenAI-compatible: /v1/chat/completions, /v1/completions, /v1/models)",
         flush=True,
     )
+    if config.kv_transport is not None:
+        from sagellm.comm_backend.transport_config import to_environment
+
+        os.environ.update(to_environment(config.kv_transport))
+        print(f"[sagellm] KV transport: {config.kv_transport.describe()}", flush=True)
     if config.sample_request:
         threading.Thread(
             target=_print_sample_request, args=(base_url, model_name, config.api_keys), daemon=True

@@ -97,7 +97,6 @@ def test_ssd_tier_survives_restart_and_rejects_corruption(tiny_model_dir, instal
     assert outputs == expected
     assert second.stats.hit_tokens["ssd"] > 0
     assert second.stats.rejected_blocks == 0
-    print("restart stats", second.stats.as_dict())
     second.close()
 
     # flip one payload byte in every block file: every restore must be refused and recomputed
@@ -110,4 +109,3 @@ def test_ssd_tier_survives_restart_and_rejects_corruption(tiny_model_dir, instal
     assert outputs == expected
     assert third.stats.hit_tokens["ssd"] == 0
     assert third.stats.rejected_blocks > 0
-    print("corrupt stats", third.stats.as_dict())

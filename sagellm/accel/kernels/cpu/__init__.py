@@ -1,12 +1,26 @@
 """Reference CPU kernels in plain torch (float32, bfloat16, float16), vectorized across the batch."""
 
+from sagellm.accel.kernels.cpu.kv_quant import QUANT_POLICY_BITS, KVQuant, dequantize_kv, quantize_kv
 from sagellm.accel.kernels.cpu.paged_attention import (
     PackedBatch,
     attention_mask,
     fill_kv_cache,
+    gather_dequantized,
     gather_kv,
     pack_batch,
     paged_attention,
 )
 
-__all__ = ["PackedBatch", "attention_mask", "fill_kv_cache", "gather_kv", "pack_batch", "paged_attention"]
+__all__ = [
+    "KVQuant",
+    "PackedBatch",
+    "QUANT_POLICY_BITS",
+    "attention_mask",
+    "dequantize_kv",
+    "fill_kv_cache",
+    "gather_dequantized",
+    "gather_kv",
+    "pack_batch",
+    "paged_attention",
+    "quantize_kv",
+]

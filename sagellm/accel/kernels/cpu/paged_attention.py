@@ -158,18 +158,18 @@ def paged_attention(
     """
     batch = q_seqlens.numel()
     num_heads, head_dim = query.shape[1], query.shape[2]
+    # Slots past a sequence's length hold whatever their block held before, uninitialized memory
+    # included (possibly NaN/inf); masked scores still multiply V (0 * NaN = NaN), so zero them.
     if quant is None:
         keys = gather_kv(k_cache, block_offsets, packed.max_kv_len).to(query.dtype)
         values = gather_kv(v_cache, block_offsets, packed.max_kv_len).to(query.dtype)
-    else:
+        valid = (torch.arange(keys.size(1), device=keys.device)[None, :] < kv_seqlens[:, None])[:, :, None, None]
+        keys = torch.where(valid, keys, 0)
+        values = torch.where(valid, values, 0)
+    else:  # zeroed while decoding: their scale and zero are masked to 0
         history = (block_offsets, kv_seqlens, packed, query.dtype)
         keys = gather_dequantized(k_cache, quant.k_scales_zeros, quant.bits, *history)
         values = gather_dequantized(v_cache, quant.v_scales_zeros, quant.bits, *history)
-    # Slots past a sequence's length hold whatever their block held before, uninitialized memory
-    # included (possibly NaN/inf); masked scores still multiply V (0 * NaN = NaN), so zero them.
-    valid = (torch.arange(keys.size(1), device=keys.device)[None, :] < kv_seqlens[:, None])[:, :, None, None]
-    keys = torch.where(valid, keys, 0)
-    values = torch.where(valid, values, 0)
     kv_len = keys.size(1)
     num_kv_heads = keys.size(2)
 

@@ -1,4 +1,10 @@
-"""LMDeploy ``PagedAttention`` implementation for the CPU device, over sagellm's torch kernels."""
+"""LMDeploy ``PagedAttention`` implementation for the CPU device, over sagellm's torch kernels.
+
+KV-cache quantization: with ``quant_policy`` 8 or 4 the engine allocates uint8 caches plus one
+``[num_blocks, block_size, num_kv_heads, 2]`` scale/zero tensor each for K and V, and the model
+passes them in as ``k_scales_zeros`` / ``v_scales_zeros``; the kernels quantize on fill and
+dequantize in attention (``sagellm.accel.kernels.cpu.kv_quant``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from lmdeploy.pytorch.backends.attention import AttentionBuilder, AttentionImpl, AttentionMetadata
 
-from sagellm.accel.kernels.cpu import PackedBatch, fill_kv_cache, pack_batch, paged_attention
+from sagellm.accel.kernels.cpu import KVQuant, PackedBatch, fill_kv_cache, pack_batch, paged_attention
 
 
 @dataclass
@@ -31,18 +37,21 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
         learnable_sink: torch.Tensor = None,
         inplace: bool = True,
     ) -> torch.Tensor:
+        quant = None
         if attn_metadata.quant_policy:
-            raise NotImplementedError(
-                f"KV-cache quantization (quant_policy={attn_metadata.quant_policy}) is not available on the "
-                "cpu device yet; run with quant_policy=0"
-            )
+            if k_scales_zeros is None or v_scales_zeros is None:
+                raise ValueError(
+                    f"quant_policy={attn_metadata.quant_policy} needs the cache's k/v scale-zero tensors; "
+                    "the model passed none"
+                )
+            quant = KVQuant(attn_metadata.quant_policy, k_scales_zeros, v_scales_zeros)
         if self.alibi:
             raise NotImplementedError("ALiBi attention is not available on the cpu device")
         packed = attn_metadata.packed
         if packed is None:
             packed = pack_batch(attn_metadata.q_seqlens, attn_metadata.kv_seqlens, attn_metadata.q_start_loc)
         if key is not None and value is not None:
-            fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed)
+            fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed, quant=quant)
         return paged_attention(
             query,
             k_cache,
@@ -56,6 +65,7 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
             sliding_window=self.sliding_window,
             logit_softcapping=self.logit_softcapping,
             sinks=learnable_sink,
+            quant=quant,
         )
 
 

@@ -26,7 +26,9 @@ CPU_DEVICE = DeviceSpec(
     torch_device="cpu",
     # float32 is the exact reference dtype; bf16/fp16 run through the same torch kernels.
     dtypes=("float32", "bfloat16", "float16"),
-    quant_policies=(0,),
+    # KV-cache quantization: 8 = int8, 4 = int4 (per token per head scale/zero, LMDeploy's layout).
+    # The cache engine stores codes in extra['kv_quant_dtype'], default torch.uint8 -- what our kernels expect.
+    quant_policies=(0, 4, 8),
     max_batch_size=64,
     bf16_supported=True,
 )

@@ -9,20 +9,20 @@ from sagellm.engines.lmdeploy.cpu import device_module
 
 
 def test_all_is_default():
-    assert plugin.selected_plugins("") == list(plugin.PLUGINS)
-    assert plugin.selected_plugins("all") == list(plugin.PLUGINS)
+    assert plugin.selected_plugins("") == ["api_guard", "auth", "cpu", "metrics"]
+    assert plugin.selected_plugins("all") == ["api_guard", "auth", "cpu", "metrics"]
 
 
 def test_none_selects_nothing():
     assert plugin.selected_plugins("none") == []
 
 
-def test_list_keeps_registry_order():
-    assert plugin.selected_plugins("api_guard, cpu") == ["cpu", "api_guard"]
+def test_list_is_sorted_and_deduplicated():
+    assert plugin.selected_plugins("cpu, api_guard,cpu") == ["api_guard", "cpu"]
 
 
 def test_unknown_plugin_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown plugin\(s\) gpu; valid names: api_guard, cpu"):
+    with pytest.raises(ValueError, match=r"unknown plugin\(s\) gpu; valid names: api_guard, auth, cpu, metrics"):
         plugin.selected_plugins("cpu,gpu")
 
 
