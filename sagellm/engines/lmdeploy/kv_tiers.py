@@ -135,10 +135,15 @@ class TieredPrefixCache(KVCacheHooks):
         if reason:
             logger.warning("KV tiers %s stay off: %s", ",".join(self.config.kv_tiers[1:]), reason)
             return
-        self._cache_engine = engine.executor.model_agent.cache_engine
-        self._allocator = engine.scheduler.block_manager.allocator
-        self._schema = cache_schema(self._cache_engine)
-        self._model = model_identity(engine.model_path)
+        self.bind(engine.executor.model_agent.cache_engine, engine.scheduler.block_manager.allocator,
+                  model_identity(engine.model_path))
+
+    def bind(self, cache_engine, allocator, model: str) -> None:
+        """Use ``cache_engine.full_gpu_cache`` (K and V tensors) and the scheduler's block ``allocator``."""
+        self._cache_engine = cache_engine
+        self._allocator = allocator
+        self._schema = cache_schema(cache_engine)
+        self._model = model
         self._kv_dtype = self._schema.dtype
         self.store = build_store(self.config, self._schema)
         self.enabled = True
