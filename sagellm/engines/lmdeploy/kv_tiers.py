@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from sagellm.kv_policy.cost import CostModel, TierCost
 from sagellm.kv_runtime import HostBlockPool, SsdBlockStore, StoreHints, TieredKVStore, pack_block, unpack_block
 from sagellm.kv_runtime.config import KVTierConfig
 from sagellm.prefix_reuse import ROOT_PARENT, BlockLineage, PrefixNamespace, block_hashes, token_bytes
+from sagellm.telemetry import metrics
 
 logger = logging.getLogger("sagellm.kv_tiers")
 
@@ -233,20 +235,27 @@ class TieredPrefixCache(KVCacheHooks):
             token_bytes=token_bytes(node.tokens),
             depth=int(node.num_matched) - self._schema.block_size,
         )
+        started = time.perf_counter()
         payload = self._read_device_block(self._physical(node.block))
         plan = self.store.offload([key], [payload], StoreHints(lineage=(lineage,)))
+        if plan.keys:
+            metrics.kv_offload(self.store.tiers[0], nbytes=len(payload), seconds=time.perf_counter() - started)
         self.stats.offloaded_blocks += len(plan.keys)
 
     # -- restore on match --------------------------------------------------------------------------
     def after_prefix_match(self, scheduler, seq) -> None:
-        if not self.enabled or not scheduler.block_trie.enable:
-            return
         trie = scheduler.block_trie
-        block_size = self._schema.block_size
+        if not trie.enable:
+            return
         node: Node = getattr(seq.logical_blocks, "last_shared_node", None) or trie.get_root(seq.adapter_name)
         device_tokens = int(node.num_matched)
         self.stats.lookups += 1
         self.stats.hit_tokens["device"] += device_tokens
+        metrics.prefix_lookup_tokens("device", int(seq.num_valid_ids))
+        metrics.prefix_hit_tokens("device", device_tokens)
+        if not self.enabled:
+            return
+        block_size = self._schema.block_size
         # like the trie, leave at least one token of the prompt to compute
         num_blocks = (seq.num_valid_ids - 1 - device_tokens) // block_size
         if num_blocks <= 0:
@@ -270,7 +279,10 @@ class TieredPrefixCache(KVCacheHooks):
             # the sequence's reference right away (the trie holds the first), so that making room
             # for the next restored block cannot evict this one
             self._allocator.add_ref_count(np.array([logical]), 1)
+            started = time.perf_counter()
             self._write_device_block(self._physical(logical), payload)
+            metrics.kv_onload(tier, nbytes=len(payload), seconds=time.perf_counter() - started)
+            metrics.prefix_hit_tokens(tier, block_size)
             node = self._link(trie, node, logical, block_tokens, key.block_hash)
             restored.append(logical)
             self.stats.hit_tokens[tier.value] += block_size
