@@ -32,6 +32,14 @@ def start(
     config_overrides: Optional[dict] = None,
 ) -> None:
     """Start an OpenAI-compatible engine server (blocks until interrupted)."""
+    overrides = dict(config_overrides or {})
+    if model is not None:
+        overrides["model"] = model
+    try:
+        options = load_config(EngineStartConfig, file=config, overrides=overrides)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     # Before anything imports prometheus_client: metrics of the engine process reach /metrics.
     from sagellm.telemetry.multiproc import prepare_multiprocess_dir
 
@@ -41,14 +49,6 @@ def start(
     from sagellm.engines.lmdeploy.server import EngineServerConfig, serve
     from sagellm.hal import resolve_device
 
-    overrides = dict(config_overrides or {})
-    if model is not None:
-        overrides["model"] = model
-    try:
-        options = load_config(EngineStartConfig, file=config, overrides=overrides)
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     descriptor = resolve_device(options.device)
     model = options.model
     if model is None:

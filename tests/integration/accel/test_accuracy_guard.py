@@ -1,0 +1,70 @@
+"""The accuracy guard's thresholds: int8 / int4 KV vs float KV, 32 prompts x 64 greedy tokens.
+
+Two models, because the numbers mean different things on each:
+
+* a random-weight tiny model has near-tied logits everywhere (perplexity above its vocabulary
+  size): any KV perturbation flips argmaxes -- rounding K/V to bf16 alone gave 98.8% teacher-forced
+  agreement on it (transformers, 8 prompts x 64 tokens) -- so its thresholds only pin the measured
+  values (a regression guard), well below the 99% target;
+* the same model trained for 120 steps on the local corpus (perplexity ~180) is where the 99%
+  int8 target is checked.
+
+Measured on the 2-core dev machine (float32, torch 2.13): see the asserts' comments.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.accel.scripts import load_guard
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def guard():
+    return load_guard()
+
+
+@pytest.fixture(scope="module")
+def trained_model(guard, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "tiny-llama-120"
+    return guard.fit_on_corpus(str(tiny_model_dir("llama")), str(out), 120, batch=8, seq_len=64)
+
+
+def _show(result) -> None:
+    for r in result.reports.values():
+        print(f"\n{r.kv_dtype}: greedy {r.greedy_agreement:.4f} ({r.identical_sequences}/{r.prompts} identical), "
+              f"teacher-forced {r.teacher_forced_agreement:.4f}, ppl {r.reference_perplexity:.2f} -> "
+              f"{r.perplexity:.2f} ({r.perplexity_rel_delta:+.3%})")
+
+
+def test_int8_meets_the_target_on_a_trained_model(guard, trained_model):
+    result = guard.run_guard(guard.GuardConfig(model=trained_model, prompts=32, new_tokens=64))
+    _show(result)
+    int8, int4 = result.reports["int8"], result.reports["int4"]
+    assert result.reference_self_agreement == 1.0
+    # measured: int8 greedy 1.0000 (32/32 identical), teacher-forced 1.0000, ppl +0.06%.
+    # Free-running greedy is all-or-nothing per sequence (one near-tie flip changes the rest), and other
+    # briefly trained checkpoints (other step counts / machines) measured 0.956-1.0 while teacher-forced
+    # stayed 0.996-1.0: the 99% target is enforced per token, the free-running number with headroom.
+    assert int8.teacher_forced_agreement >= 0.99
+    assert int8.greedy_agreement >= 0.95
+    assert abs(int8.perplexity_rel_delta) <= 0.01
+    # measured: int4 greedy 0.868 (19/32 identical), teacher-forced 0.980, ppl -0.5% (reported, loosely bounded)
+    assert int4.teacher_forced_agreement >= 0.95
+    assert abs(int4.perplexity_rel_delta) <= 0.05
+
+
+def test_random_weight_model_regression_thresholds(guard, tiny_model_dir):
+    result = guard.run_guard(guard.GuardConfig(model=str(tiny_model_dir("llama")), prompts=32, new_tokens=64))
+    _show(result)
+    int8, int4 = result.reports["int8"], result.reports["int4"]
+    # measured: int8 greedy 0.269 (first divergence at token 17 on average), teacher-forced 0.946, ppl -0.13%
+    assert int8.teacher_forced_agreement >= 0.92
+    assert int8.greedy_agreement >= 0.2
+    assert abs(int8.perplexity_rel_delta) <= 0.02
+    # measured: int4 greedy 0.008, teacher-forced 0.335, ppl -3.3%
+    assert int4.teacher_forced_agreement >= 0.25
+    assert int8.teacher_forced_agreement > int4.teacher_forced_agreement
+    assert abs(int4.perplexity_rel_delta) <= 0.1

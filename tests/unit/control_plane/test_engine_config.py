@@ -1,0 +1,91 @@
+"""`sage llm engine start` options: one dataclass, documented file, layering, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sagellm.control_plane.engine_config import EngineStartConfig, engine_start_args, render_yaml
+from sagellm.core.config import ConfigError, load_config, option_specs
+
+CONFIG_FILE = Path(__file__).resolve().parents[3] / "configs" / "engines" / "sagellm.yaml"
+
+
+def test_committed_file_documents_every_option_with_its_default():
+    assert CONFIG_FILE.read_text() == render_yaml(), "regenerate with engine_config.render_yaml()"
+    assert load_config(EngineStartConfig, file=CONFIG_FILE, env={}) == EngineStartConfig()
+    text = CONFIG_FILE.read_text()
+    for spec in option_specs(EngineStartConfig):
+        assert f"\n{spec.path}: " in text and spec.env in text
+
+
+def test_precedence_file_env_flag(tmp_path):
+    f = tmp_path / "engine.yaml"
+    f.write_text("port: 8100\nblock_size: 32\ndevice: cpu\napi_keys: [a]\n")
+    env = {"SAGELLM_BLOCK_SIZE": "16", "SAGELLM_API_KEYS": "b,c"}
+    cfg = load_config(EngineStartConfig, file=f, env=env, overrides={"port": "8200"})
+    assert (cfg.port, cfg.block_size, cfg.device, cfg.api_keys) == (8200, 16, "cpu", ("b", "c"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"block_size": "48"}, "block_size: got 48; accepted: a power of two >= 16"),
+        ({"device": "gpu"}, "device: got 'gpu'; accepted: one of 'auto'"),
+        ({"dtype": "fp64"}, "option 'dtype' from flag --dtype: got 'fp64'; accepted: one of 'auto', 'float32', 'bfloat16', 'float16'"),
+        ({"port": "70000"}, "port: got 70000; accepted: 0 (pick a free port) or 1..65535"),
+        ({"cache_max_entry_count": "1.5"}, "cache_max_entry_count: got 1.5; accepted: a fraction in (0, 1)"),
+        ({"session_len": "8"}, "session_len: got 8; accepted: an integer >= 16"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"kv_transport": "preset=fast"}, "unknown kv transport preset 'fast'; valid names: ['high-bw', 'low-cost', 'low-latency']"),
+        ({"prefix_caching": "maybe"}, "option 'prefix_caching' from flag --prefix-caching: got 'maybe'; accepted: a boolean"),
+    ],
+)
+def test_invalid_values_name_the_option_and_what_is_accepted(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(EngineStartConfig, env={}, overrides=overrides)
+    assert message in str(err.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("blocksize: 32\n")
+    with pytest.raises(ConfigError, match=r"unknown option 'blocksize'"):
+        load_config(EngineStartConfig, file=f, env={})
+
+
+def test_engine_start_args_round_trip():
+    cfg = EngineStartConfig(
+        model="/m", device="cpu", port=9000, block_size=16, prefix_caching=False, api_keys=("k1", "k2"),
+        kv_transport="preset=low-latency", sample=False,
+    )
+    args = engine_start_args(cfg)
+    assert args == [
+        "/m", "--device", "cpu", "--port", "9000", "--block-size", "16", "--no-prefix-caching",
+        "--api-keys", "k1,k2", "--no-sample", "--kv-transport", "preset=low-latency",
+    ]
+    specs = {s.flag: s for s in option_specs(EngineStartConfig)}
+    overrides = {}
+    it = iter(args[1:])
+    for flag in it:
+        if flag.startswith("--no-"):
+            overrides[specs["--" + flag[5:]].path] = False
+        else:
+            overrides[specs[flag].path] = next(it)
+    assert load_config(EngineStartConfig, env={}, overrides={"model": "/m", **overrides}) == cfg
+    assert cfg.kv_transport_config().preset == "low-latency"
+
+
+def test_cli_rejects_invalid_values_before_starting(monkeypatch):
+    from sagellm.cli.main import app
+
+    monkeypatch.delenv("SAGELLM_API_KEYS", raising=False)
+    result = CliRunner().invoke(app, ["llm", "engine", "start", "/nonexistent", "--block-size", "48"])
+    assert result.exit_code == 2
+    assert "block_size: got 48" in result.output
+    result = CliRunner().invoke(app, ["llm", "engine", "start", "/nonexistent", "--kv-transport", "preset=nope"])
+    assert result.exit_code == 2 and "valid names: ['high-bw', 'low-cost', 'low-latency']" in result.output
+    result = CliRunner().invoke(app, ["llm", "engine", "start", "--config", "/nonexistent.yaml"])
+    assert result.exit_code == 2 and "cannot read" in result.output
