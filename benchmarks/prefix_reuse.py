@@ -111,7 +111,10 @@ def run_lmdeploy(spec: dict, engine: str) -> dict:
     load_s = _now() - t0
     gen = GenerationConfig(max_new_tokens=n_new, do_sample=False, top_k=1, ignore_eos=True)
     hooks = get_kv_hooks()
-    tier_stats = getattr(hooks, "stats", None)
+    from sagellm.engines.lmdeploy.kv_tiers import TieredPrefixCache
+    from sagellm.engines.lmdeploy.kv_hook_chain import find_kv_hooks
+    tiers = find_kv_hooks(TieredPrefixCache)
+    tier_stats = tiers.stats if tiers is not None else None
     torch_engine = pipe.engine
     agent = torch_engine.executor.model_agent
     cache_engine = agent.cache_engine

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from lmdeploy.pytorch.paging.block_trie import Node
-from lmdeploy.pytorch.paging.hooks import KVCacheHooks, get_kv_hooks, set_kv_hooks
+from lmdeploy.pytorch.paging.hooks import KVCacheHooks
 
 from sagellm.core.config import load_config
+from sagellm.engines.lmdeploy.kv_hook_chain import add_kv_hooks, find_kv_hooks
 from sagellm.core.kv import KVCacheSchema, KVTier
 from sagellm.core.kv_backend import KVBlockKey
 from sagellm.kv_policy import PolicyOptions, build_policy
@@ -331,11 +332,11 @@ class TieredPrefixCache(KVCacheHooks):
 
 def install_kv_tiers() -> None:
     """Plugin entry: read the tier config (``SAGELLM_KV_TIERS`` etc.) and install the hooks once."""
-    if isinstance(get_kv_hooks(), TieredPrefixCache):
+    if find_kv_hooks(TieredPrefixCache) is not None:
         return
-    set_kv_hooks(TieredPrefixCache(load_config(KVTierConfig)))
+    add_kv_hooks(TieredPrefixCache(load_config(KVTierConfig)))
 
 
 def tier_stats_json() -> str:
-    hooks = get_kv_hooks()
-    return json.dumps(hooks.stats.as_dict() if isinstance(hooks, TieredPrefixCache) else {})
+    hooks = find_kv_hooks(TieredPrefixCache)
+    return json.dumps(hooks.stats.as_dict() if hooks is not None else {})
