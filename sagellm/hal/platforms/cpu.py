@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from sagellm.hal.platforms.base import Platform
-from sagellm.hal.types import CapabilityValue, PlatformInfo
+from sagellm.hal.types import KV_QUANT_INT4, KV_QUANT_INT8, KV_QUANT_NONE, CapabilityValue, PlatformInfo
 
 #: Root of procfs and sysfs; tests point these at a fake tree.
 PROC_ROOT = Path("/proc")
@@ -92,7 +92,8 @@ class CpuPlatform(Platform):
     name: ClassVar[str] = "cpu"
     lmdeploy_device_type: ClassVar[str | None] = "cpu"
     dlinfer_vendor: ClassVar[str | None] = None
-    kv_quant_policies: ClassVar[tuple[int, ...]] = (0,)
+    # int4/int8 KV through sagellm.accel.kernels.cpu.kv_quant (LMDeploy's quant_policy 4/8 layout).
+    kv_quant_policies: ClassVar[tuple[int, ...]] = (KV_QUANT_NONE, KV_QUANT_INT4, KV_QUANT_INT8)
     collective_backend: ClassVar[str | None] = "gloo"
     dist_backend: ClassVar[str | None] = "gloo"
     default_dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")

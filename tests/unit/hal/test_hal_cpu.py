@@ -67,7 +67,7 @@ def test_cpu_descriptor_exact(fake_host: Path) -> None:
         "device_memory_bytes": [16384000 * 1024],
         "device_names": ["Intel(R) Xeon(R) Platinum 8480+"],
         "dtypes": ["float32", "bfloat16", "float16"],
-        "kv_quant_policies": [0],
+        "kv_quant_policies": [0, 4, 8],
         "collective_backend": "gloo",
         "dist_backend": "gloo",
         "interconnect": None,
