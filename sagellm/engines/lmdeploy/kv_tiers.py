@@ -243,6 +243,51 @@ class TieredPrefixCache(KVCacheHooks):
             metrics.kv_offload(self.store.tiers[0], nbytes=len(payload), seconds=time.perf_counter() - started)
         self.stats.offloaded_blocks += len(plan.keys)
 
+    # -- store on release ----------------------------------------------------------------------------
+    def before_sequence_free(self, scheduler, seq) -> None:
+        """Keep the computed full blocks the trie did not cache (e.g. a request that ended at prefill).
+
+        LMDeploy caches blocks only while decoding and lags by up to one scheduling interval, so
+        the last blocks of a finished sequence (the answer of a chat turn, a whole prompt that
+        ended at prefill) would be freed and recomputed on the next turn; they go to the first
+        lower tier instead.
+        """
+        if not self.enabled:
+            return
+        trie = scheduler.block_trie
+        if not trie.enable:
+            return
+        block_size = self._schema.block_size
+        node: Node = getattr(seq.logical_blocks, "last_shared_node", None) or trie.get_root(seq.adapter_name)
+        cached_tokens = int(node.num_matched)
+        num_blocks = int(seq.num_history_ids) // block_size - cached_tokens // block_size
+        if num_blocks <= 0:
+            return
+        logical_blocks = seq.logical_blocks.get_real_blocks()[cached_tokens // block_size :][:num_blocks]
+        tokens = np.asarray(seq.history_cache[cached_tokens : cached_tokens + num_blocks * block_size]).copy()
+        hashes = block_hashes(tokens, block_size, self.namespace(seq.adapter_name), parent=self._node_hash(trie, node))
+        keys = [KVBlockKey(h) for h in hashes]
+        present = self.store.locate(keys)
+        parent_hash = getattr(node, _HASH_ATTR, None) or ROOT_PARENT
+        new_keys, payloads, lineages = [], [], []
+        started = time.perf_counter()
+        for index, key in enumerate(keys):
+            if present[index] is None:
+                new_keys.append(key)
+                payloads.append(self._read_device_block(self._physical(int(logical_blocks[index]))))
+                lineages.append(BlockLineage(
+                    parent_hash=parent_hash,
+                    token_bytes=token_bytes(tokens[index * block_size : (index + 1) * block_size]),
+                    depth=cached_tokens + index * block_size,
+                ))
+            parent_hash = key.block_hash
+        if not new_keys:
+            return
+        plan = self.store.offload(new_keys, payloads, StoreHints(lineage=tuple(lineages)))
+        if plan.keys:
+            metrics.kv_offload(self.store.tiers[0], nbytes=sum(map(len, payloads)), seconds=time.perf_counter() - started)
+        self.stats.offloaded_blocks += len(plan.keys)
+
     # -- restore on match --------------------------------------------------------------------------
     def after_prefix_match(self, scheduler, seq) -> None:
         trie = scheduler.block_trie

@@ -124,3 +124,36 @@ def test_no_hooks_is_stock(harness):
     session.add_sequence(np.array(list(range(200, 221))))
     scheduler.schedule(is_prefill=True)
     assert hooks.stats.offloaded_blocks == 0 and hooks.stats.lookups == 0
+
+
+def test_blocks_of_a_sequence_that_ended_at_prefill_are_stored_on_release(harness):
+    scheduler, cache, hooks = harness
+    prompt = list(range(500, 510))  # 10 tokens: two full blocks, never cached by the trie (no decode step)
+    session = scheduler.add_session(1)
+    seq = session.add_sequence(np.array(prompt))
+    assert scheduler.schedule(is_prefill=True).running == [seq]
+    blocks = physical(scheduler, seq.logical_blocks.get_real_blocks())
+    for position, token in enumerate(prompt):
+        cache.full_gpu_cache[0][:, blocks[position // BLOCK], position % BLOCK] = float(token)
+        cache.full_gpu_cache[1][:, blocks[position // BLOCK], position % BLOCK] = -float(token)
+    seq.update_token_ids(np.array([999]), mode=UpdateTokenMode.DECODE)  # the prefill's sampled token
+    assert len(scheduler.block_trie.leaves) == 0
+    scheduler.end_session(1)
+    assert hooks.stats.offloaded_blocks == 2
+
+    session = scheduler.add_session(2)
+    seq = session.add_sequence(np.array(prompt + [999, 7]))
+    assert scheduler.schedule(is_prefill=True).running == [seq]
+    assert hooks.stats.hit_tokens == {"device": 0, "host": 8, "ssd": 0}
+    assert seq.num_history_ids == 8
+    restored = physical(scheduler, seq.logical_blocks.get_real_blocks()[:2])
+    for index, block in enumerate(restored):
+        expected = torch.tensor(prompt[index * BLOCK:(index + 1) * BLOCK], dtype=torch.float32)
+        assert torch.equal(cache.full_gpu_cache[0][1, block, :, 0, 1], expected)
+        assert torch.equal(cache.full_gpu_cache[1][0, block, :, 0, 0], -expected)
+
+
+def test_release_stores_only_what_the_trie_does_not_hold(harness):
+    scheduler, cache, hooks = harness
+    run_to_cache(scheduler, cache, 1, list(range(100, 109)))  # both full blocks cached by the trie on decode
+    assert hooks.stats.offloaded_blocks == 0

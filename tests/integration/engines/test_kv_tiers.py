@@ -42,7 +42,7 @@ def documents(count: int = 4) -> list[str]:
     return [" ".join(sample_prompts(14, seed=seed)) for seed in range(count)]
 
 
-def run_rounds(model_dir, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+def run_rounds(model_dir, prompts: list[str], new_tokens: int = NEW_TOKENS) -> tuple[list[list[int]], list[list[int]]]:
     """Each prompt in turn (one request at a time, so earlier documents get evicted)."""
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
@@ -51,7 +51,7 @@ def run_rounds(model_dir, prompts: list[str]) -> tuple[list[list[int]], list[lis
         max_batch_size=4, eager_mode=True, enable_prefix_caching=True,
     )
     pipe = pipeline(str(model_dir), backend_config=config, log_level="ERROR")
-    gen = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, top_k=1, ignore_eos=True)
+    gen = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, top_k=1, ignore_eos=True)
     try:
         outputs = [list(pipe.batch_infer([p], gen_config=gen, do_preprocess=False)[0].token_ids) for p in prompts]
         prompt_ids = [pipe.tokenizer.encode(p, add_bos=True) for p in prompts]
@@ -73,6 +73,18 @@ def test_host_tier_restores_evicted_prefixes_exactly(tiny_model_dir, install_tie
     assert hooks.stats.offloaded_blocks > 0
     assert hooks.stats.restored_blocks > 0
     assert hooks.stats.hit_tokens["host"] == 16 * hooks.stats.restored_blocks
+    assert hooks.stats.rejected_blocks == 0
+
+
+def test_prompts_that_end_at_prefill_are_reused_from_the_host_tier(tiny_model_dir, install_tiers):
+    model_dir = tiny_model_dir("llama")
+    hooks = install_tiers(KVTierConfig(kv_tiers=("device", "host"), host_cache_gib=0.25))
+    docs = documents(2)
+    # one new token: LMDeploy finishes these at prefill and its trie never caches them
+    prompt_ids, outputs = run_rounds(model_dir, [doc + " first question" for doc in docs] + docs, new_tokens=1)
+    assert outputs == transformers_greedy(model_dir, prompt_ids, 1)
+    assert hooks.stats.hit_tokens["host"] > 0
+    assert hooks.stats.hit_tokens["device"] == 0
     assert hooks.stats.rejected_blocks == 0
 
 
