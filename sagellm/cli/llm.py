@@ -74,6 +74,7 @@ def start(
         log_level=options.log_level,
         sample_request=options.sample,
         kv_transport=options.kv_transport_config(),
+        kv_tiers=options.kv_tier_config(),
     )
     entry = local_engines.LocalEngineRecord(
         pid=os.getpid(),

@@ -22,12 +22,19 @@ from typing import Literal, Optional
 from sagellm.core.config import option_specs
 from sagellm.core.serialization import encode
 from sagellm.core.validation import check_choice, check_float, check_int, check_str, invalid
+from sagellm.kv_runtime.config import KVTierConfig
 
 ENGINE_KINDS: tuple[str, ...] = ("sagellm",)
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 #: KV dtypes LMDeploy 0.11 can run (QuantizationProfile's fp8 ones have no 0.11 quant_policy).
 KV_DTYPES: tuple[str, ...] = ("auto", "int8", "int4")
 LOG_LEVELS: tuple[str, ...] = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def _same_as(cls: type, name: str):
+    """A field with the default and help of ``cls.name``: one definition for both configs."""
+    source = cls.__dataclass_fields__[name]
+    return field(default=source.default, metadata=dict(source.metadata))
 
 
 def device_choices() -> tuple[str, ...]:
@@ -81,6 +88,11 @@ class EngineStartConfig:
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = field(
         default="WARNING", metadata={"help": "LMDeploy log level"}
     )
+    kv_tiers: tuple[str, ...] = _same_as(KVTierConfig, "kv_tiers")
+    host_cache_gib: float = _same_as(KVTierConfig, "host_cache_gib")
+    ssd_cache_dir: Optional[str] = _same_as(KVTierConfig, "ssd_cache_dir")
+    ssd_cache_gib: float = _same_as(KVTierConfig, "ssd_cache_gib")
+    kv_policy: str = _same_as(KVTierConfig, "kv_policy")
     kv_transport: Optional[str] = field(
         default=None,
         metadata={"help": "KV transport: preset=NAME (high-bw, low-latency, low-cost) and/or field=value pairs, "
@@ -113,6 +125,10 @@ class EngineStartConfig:
             check_str(owner, "model_name", self.model_name)
         object.__setattr__(self, "api_keys", tuple(k.strip() for k in self.api_keys if k.strip()))
         check_choice(owner, "log_level", self.log_level, LOG_LEVELS)
+        try:
+            self.kv_tier_config()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{owner}.{exc}") from None
         if self.kv_transport is not None:
             from sagellm.comm_backend.transport_config import parse_kv_transport
 
@@ -120,6 +136,13 @@ class EngineStartConfig:
                 parse_kv_transport(self.kv_transport)
             except ValueError as exc:
                 raise ValueError(f"{owner}.kv_transport: {exc}") from None
+
+    def kv_tier_config(self) -> KVTierConfig:
+        """The KV tiers behind the device prefix cache (validated)."""
+        return KVTierConfig(
+            kv_tiers=tuple(self.kv_tiers), host_cache_gib=self.host_cache_gib, ssd_cache_dir=self.ssd_cache_dir,
+            ssd_cache_gib=self.ssd_cache_gib, kv_policy=self.kv_policy,
+        )
 
     def kv_transport_config(self):
         """The parsed ``KVTransportConfig``, or None when ``kv_transport`` is unset."""

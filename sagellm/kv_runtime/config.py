@@ -44,3 +44,18 @@ class KVTierConfig:
     @property
     def offload_enabled(self) -> bool:
         return len(self.kv_tiers) > 1
+
+
+def to_environment(config: KVTierConfig) -> dict[str, str]:
+    """The ``SAGELLM_*`` variables that hand ``config`` to the engine process (the plugin reads them)."""
+    from sagellm.core.config import env_name
+
+    env = {
+        env_name("kv_tiers"): ",".join(config.kv_tiers),
+        env_name("host_cache_gib"): repr(float(config.host_cache_gib)),
+        env_name("ssd_cache_gib"): repr(float(config.ssd_cache_gib)),
+        env_name("kv_policy"): config.kv_policy,
+    }
+    if config.ssd_cache_dir:
+        env[env_name("ssd_cache_dir")] = config.ssd_cache_dir
+    return env

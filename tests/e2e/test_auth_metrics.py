@@ -9,7 +9,8 @@ import signal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_gateway import request, start_engine, start_gateway
+from tests.e2e.server import start_server as start_engine
+from tests.e2e.test_gateway import request, start_gateway
 
 pytestmark = pytest.mark.slow
 

@@ -22,30 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sagellm.control_plane.ports import SagePorts
+from tests.e2e.server import STARTUP_ATTEMPTS, STARTUP_TIMEOUT_S, EngineStartupRace, hit_startup_race
 
 pytestmark = pytest.mark.slow
 
 MODEL_NAME = "tiny"
-STARTUP_TIMEOUT_S = 240.0
-# LMDeploy 0.11's mp engine hands its RPC port to the server through a multiprocessing.Manager
-# condition and shuts the manager down as soon as it has the port; when the engine process's
-# final `release` reply loses that race, the engine process dies with EOFError and the server
-# waits forever. Until a patch fixes the handshake, the helpers below recognise that crash
-# in the log and start once more instead of waiting out the timeout.
-STARTUP_RACE = ("Process mp_engine_proc:", "EOFError")
-STARTUP_ATTEMPTS = 2
-
-
-class EngineStartupRace(RuntimeError):
-    """An engine process died in LMDeploy's startup handshake (see STARTUP_RACE)."""
-
-
-def hit_startup_race(log_path) -> bool:
-    try:
-        text = Path(log_path).read_text(errors="replace")
-    except OSError:
-        return False
-    return all(marker in text for marker in STARTUP_RACE)
 SYSTEM = "You are a careful assistant for the sagellm gateway test. " * 6  # ~350 chars: two 128-char chunks
 
 
@@ -91,42 +72,6 @@ def start_gateway(tmp: Path, *args: str, env: dict | None = None, wait_engines: 
             if attempt == STARTUP_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
-
-
-def start_engine(model_dir: Path, log_path: Path, *args: str, env: dict | None = None):
-    """Like ``tests.e2e.server.start_server`` (same command), started once more if LMDeploy's
-    startup handshake lost its race (see STARTUP_RACE)."""
-    from tests.e2e.server import RunningServer
-
-    for attempt in range(1, STARTUP_ATTEMPTS + 1):
-        log_file = log_path.with_name(f"{log_path.stem}-{attempt}{log_path.suffix}")
-        port = SagePorts.allocate()
-        command = [
-            sys.executable, "-m", "sagellm.cli.main", "llm", "engine", "start", str(model_dir),
-            "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--no-sample", *args,
-        ]
-        with open(log_file, "w") as log:
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-            )
-        server = RunningServer(process, f"http://127.0.0.1:{port}", log_file)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-            if hit_startup_race(log_file):
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-                break
-            try:
-                with urllib.request.urlopen(f"{server.base_url}/health", timeout=2):
-                    return server
-            except OSError:
-                time.sleep(0.5)
-        else:
-            server.stop()
-            raise TimeoutError(f"server not healthy after {STARTUP_TIMEOUT_S}s:\n{server.log()}")
-    raise EngineStartupRace(f"the engine died in LMDeploy's startup handshake {STARTUP_ATTEMPTS} times:\n{server.log()}")
 
 
 def _start_gateway_once(tmp: Path, *args: str, env: dict | None, wait_engines: int) -> RunningGateway:

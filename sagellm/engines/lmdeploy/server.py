@@ -20,6 +20,7 @@ from sagellm.control_plane.ports import SagePorts
 
 if TYPE_CHECKING:
     from sagellm.comm_backend.transport_config import KVTransportConfig
+    from sagellm.kv_runtime.config import KVTierConfig
 
 CPU_DEFAULT_CACHE_FRACTION = 0.1
 
@@ -42,6 +43,7 @@ class EngineServerConfig:
     log_level: str = "WARNING"
     sample_request: bool = True
     kv_transport: KVTransportConfig | None = None
+    kv_tiers: KVTierConfig | None = None  # None: the SAGELLM_* environment decides
 
     def __post_init__(self) -> None:
         if self.cache_max_entry_count is not None and not 0 < self.cache_max_entry_count < 1:
@@ -158,6 +160,12 @@ def serve(config: EngineServerConfig, device_type: str) -> None:
 
         os.environ.update(to_environment(config.kv_transport))
         print(f"[sagellm] KV transport: {config.kv_transport.describe()}", flush=True)
+    if config.kv_tiers is not None:
+        from sagellm.kv_runtime.config import to_environment as tier_environment
+
+        # the engine process (a child) installs the tiers from these variables
+        os.environ.update(tier_environment(config.kv_tiers))
+        print(f"[sagellm] KV tiers: {','.join(config.kv_tiers.kv_tiers)} (policy {config.kv_tiers.kv_policy})", flush=True)
     if config.sample_request:
         threading.Thread(
             target=_print_sample_request, args=(base_url, model_name, config.api_keys), daemon=True

@@ -40,6 +40,9 @@ def test_precedence_file_env_flag(tmp_path):
         ({"session_len": "8"}, "session_len: got 8; accepted: an integer >= 16"),
         ({"log_level": "LOUD"}, "log_level"),
         ({"kv_transport": "preset=fast"}, "unknown kv transport preset 'fast'; valid names: ['high-bw', 'low-cost', 'low-latency']"),
+        ({"kv_tiers": "device,disk"}, "kv_tiers: unknown tier(s) disk; accepted: device, host, ssd"),
+        ({"kv_tiers": "device,ssd"}, "ssd_cache_dir: required when the ssd tier is on"),
+        ({"kv_policy": "mru"}, "kv_policy: got 'mru'; accepted: cost_aware, lfu, lru"),
         ({"prefix_caching": "maybe"}, "option 'prefix_caching' from flag --prefix-caching: got 'maybe'; accepted: a boolean"),
     ],
 )
@@ -89,3 +92,20 @@ def test_cli_rejects_invalid_values_before_starting(monkeypatch):
     assert result.exit_code == 2 and "valid names: ['high-bw', 'low-cost', 'low-latency']" in result.output
     result = CliRunner().invoke(app, ["llm", "engine", "start", "--config", "/nonexistent.yaml"])
     assert result.exit_code == 2 and "cannot read" in result.output
+
+
+def test_kv_tier_options_layer_and_reach_the_engine_environment(tmp_path):
+    from sagellm.kv_runtime.config import KVTierConfig, to_environment
+
+    env = {"SAGELLM_KV_TIERS": "device,host,ssd", "SAGELLM_SSD_CACHE_DIR": str(tmp_path)}
+    cfg = load_config(EngineStartConfig, env=env, overrides={"kv_policy": "cost_aware", "host_cache_gib": "2"})
+    tiers = cfg.kv_tier_config()
+    assert tiers == KVTierConfig(kv_tiers=("device", "host", "ssd"), host_cache_gib=2.0, ssd_cache_dir=str(tmp_path),
+                                 ssd_cache_gib=16.0, kv_policy="cost_aware")
+    assert to_environment(tiers) == {
+        "SAGELLM_KV_TIERS": "device,host,ssd", "SAGELLM_HOST_CACHE_GIB": "2.0", "SAGELLM_SSD_CACHE_GIB": "16.0",
+        "SAGELLM_KV_POLICY": "cost_aware", "SAGELLM_SSD_CACHE_DIR": str(tmp_path),
+    }
+    # what the engine-process plugin reads back is the same config
+    assert load_config(KVTierConfig, env=to_environment(tiers)) == tiers
+    assert EngineStartConfig().kv_tier_config() == KVTierConfig()
