@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sagellm.core.kv import KV_DTYPE_BITS, SCALE_DTYPES, KVCacheSchema
 from sagellm.core.serialization import SerializableMixin
-from sagellm.core.validation import check_choice, check_power_of_two, invalid
+from sagellm.core.validation import check_choice, check_group_size
 
 #: KV cache dtypes a profile may request; ``auto`` keeps the model dtype.
 KV_QUANT_DTYPES: tuple[str, ...] = ("auto", "int8", "int4", "fp8_e4m3", "fp8_e5m2")
@@ -44,12 +44,7 @@ class QuantizationProfile(SerializableMixin):
         check_choice(owner, "kv_dtype", self.kv_dtype, KV_QUANT_DTYPES)
         check_choice(owner, "weight_format", self.weight_format, WEIGHT_FORMATS)
         check_choice(owner, "granularity", self.granularity, KV_GRANULARITIES)
-        if self.granularity == "per_group":
-            if self.group_size is None:
-                raise invalid(owner, "group_size", None, "a positive power of two when granularity is 'per_group'")
-            check_power_of_two(owner, "group_size", self.group_size)
-        elif self.group_size is not None:
-            raise invalid(owner, "group_size", self.group_size, "None unless granularity is 'per_group'")
+        check_group_size(owner, self.granularity, self.group_size)
 
     @property
     def is_kv_quantized(self) -> bool:

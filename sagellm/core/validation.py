@@ -43,6 +43,16 @@ def check_power_of_two(owner: str, field: str, value: object) -> None:
         raise invalid(owner, field, value, "a positive power of two (1, 2, 4, ... 16, 32, 64)")
 
 
+def check_group_size(owner: str, granularity: str, group_size: object) -> None:
+    """``group_size`` is a power of two exactly when ``granularity`` is ``per_group``, else None."""
+    if granularity == "per_group":
+        if group_size is None:
+            raise invalid(owner, "group_size", None, "a positive power of two when granularity is 'per_group'")
+        check_power_of_two(owner, "group_size", group_size)
+    elif group_size is not None:
+        raise invalid(owner, "group_size", group_size, "None unless granularity is 'per_group'")
+
+
 def check_float(owner: str, field: str, value: object, *, positive: bool = False, minimum: float | None = None) -> None:
     """A finite real number (int accepted, bool rejected)."""
     what = "a finite number" + (" > 0" if positive else "") + ("" if minimum is None else f" >= {minimum}")

@@ -42,7 +42,6 @@ import torch
 
 from sagellm.core.kv import KVCacheSchema, KVTier
 from sagellm.core.kv_backend import (
-    EvictResult,
     KVBlockKey,
     KVTransferPlan,
     LoadSpec,
@@ -53,6 +52,7 @@ from sagellm.core.kv_backend import (
 from sagellm.core.validation import check_float, check_int, invalid
 from sagellm.kv_policy import BlockCandidate, EvictionPolicy, EvictionQuery, LRUPolicy
 from sagellm.prefix_reuse import BlockLineage
+from sagellm.kv_runtime._published import PublishedBlocks
 from sagellm.kv_runtime.layout import Payload, as_byte_tensor, pack_block, typed_views
 from sagellm.kv_runtime.types import LoadedBlocks, LoadReport, StoreHints, TierEvent
 
@@ -115,7 +115,7 @@ class HostPoolStats:
         return self.used_slots / self.num_slots if self.num_slots else 0.0
 
 
-class HostBlockPool:
+class HostBlockPool(PublishedBlocks):
     """Host-DRAM KV tier implementing ``KVBackendProtocol``.
 
     Args:
@@ -393,36 +393,11 @@ class HostBlockPool:
                 self._bytes_read += len(keys) * self.bytes_per_slot
             return LoadReport(plan.ticket, keys if success else ())
 
-    def _leading(self, keys: Sequence[KVBlockKey]) -> int:
-        n = 0
-        for key in keys:
-            entry = self._entries.get(key)
-            if entry is None or not entry.published:
-                break
-            n += 1
-        return n
+    def _is_published(self, entry: _Entry) -> bool:
+        return entry.published
 
-    def contains(self, keys: Sequence[KVBlockKey]) -> int:
-        with self._lock:
-            n = self._leading(keys)
-            self._hits += n
-            self._misses += len(keys) - n
-            return n
-
-    def evict(self, keys: Sequence[KVBlockKey]) -> EvictResult:
-        """Drop the given blocks (no write-back); pinned or reserved ones stay and are reported."""
-        evicted, missing, pinned = [], [], []
-        with self._lock:
-            for key in keys:
-                entry = self._entries.get(key)
-                if entry is None:
-                    missing.append(key)
-                elif entry.pins or not entry.published:
-                    pinned.append(key)
-                else:
-                    self._drop(entry)
-                    evicted.append(key)
-        return EvictResult(tuple(evicted), tuple(missing), tuple(pinned))
+    def _drop_evicted(self, entry: _Entry) -> None:
+        self._drop(entry)
 
     def stats(self) -> tuple[TierStats, ...]:
         with self._lock:

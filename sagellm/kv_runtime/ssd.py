@@ -59,7 +59,6 @@ import torch
 
 from sagellm.core.kv import KVCacheSchema, KVTier
 from sagellm.core.kv_backend import (
-    EvictResult,
     KVBlockKey,
     KVTransferPlan,
     LoadSpec,
@@ -69,6 +68,7 @@ from sagellm.core.kv_backend import (
 )
 from sagellm.core.validation import check_float, check_int, invalid
 from sagellm.kv_policy import BlockCandidate, EvictionPolicy, EvictionQuery, LRUPolicy
+from sagellm.kv_runtime._published import PublishedBlocks
 from sagellm.kv_runtime.layout import Payload, as_byte_tensor, pack_block, schema_fingerprint
 from sagellm.kv_runtime.types import LoadedBlocks, LoadReport, StoreHints, TierEvent
 from sagellm.prefix_reuse import BlockLineage
@@ -238,7 +238,7 @@ class SsdStats:
     removed_temp_files: int
 
 
-class SsdBlockStore:
+class SsdBlockStore(PublishedBlocks):
     """SSD KV tier implementing ``KVBackendProtocol`` (see the module docstring).
 
     Args:
@@ -713,37 +713,12 @@ class SsdBlockStore:
 
     # ------------------------------------------------------------- queries
 
-    def _leading(self, keys: Sequence[KVBlockKey]) -> int:
-        n = 0
-        for key in keys:
-            entry = self._entries.get(key)
-            if entry is None or entry.status is not _Status.PUBLISHED:
-                break
-            n += 1
-        return n
+    def _is_published(self, entry: _Entry) -> bool:
+        return entry.status is _Status.PUBLISHED
 
-    def contains(self, keys: Sequence[KVBlockKey]) -> int:
-        with self._lock:
-            n = self._leading(keys)
-            self._hits += n
-            self._misses += len(keys) - n
-            return n
-
-    def evict(self, keys: Sequence[KVBlockKey]) -> EvictResult:
-        """Delete the given blocks; pinned, reserved or in-flight ones stay and are reported."""
-        evicted, missing, pinned = [], [], []
-        with self._lock:
-            for key in keys:
-                entry = self._entries.get(key)
-                if entry is None:
-                    missing.append(key)
-                elif entry.pins or entry.status is not _Status.PUBLISHED:
-                    pinned.append(key)
-                else:
-                    self._drop(entry, delete=True)
-                    self._evicted += 1
-                    evicted.append(key)
-        return EvictResult(tuple(evicted), tuple(missing), tuple(pinned))
+    def _drop_evicted(self, entry: _Entry) -> None:
+        self._drop(entry, delete=True)
+        self._evicted += 1
 
     def has(self, key: KVBlockKey) -> bool:
         """Whether ``key`` is published (no hit/miss counted)."""

@@ -43,7 +43,7 @@ from sagellm.accel.quantization.integer import (
 )
 from sagellm.core.kv import SCALE_DTYPES
 from sagellm.core.quant import KV_GRANULARITIES, QuantizationProfile
-from sagellm.core.validation import check_choice, check_power_of_two, invalid
+from sagellm.core.validation import check_choice, check_group_size
 
 #: Scale granularities (``per_tensor`` plus the KV granularities core knows).
 GRANULARITIES: tuple[str, ...] = ("per_tensor", *KV_GRANULARITIES)
@@ -145,12 +145,7 @@ class QuantSpec:
         check_choice(owner, "dtype", self.dtype, QUANT_FORMATS)
         check_choice(owner, "granularity", self.granularity, GRANULARITIES)
         check_choice(owner, "scale_dtype", self.scale_dtype, SCALE_DTYPES)
-        if self.granularity == "per_group":
-            if self.group_size is None:
-                raise invalid(owner, "group_size", None, "a positive power of two when granularity is 'per_group'")
-            check_power_of_two(owner, "group_size", self.group_size)
-        elif self.group_size is not None:
-            raise invalid(owner, "group_size", self.group_size, "None unless granularity is 'per_group'")
+        check_group_size(owner, self.granularity, self.group_size)
 
     @classmethod
     def from_profile(cls, profile: QuantizationProfile, scale_dtype: str = "float32") -> QuantSpec:
