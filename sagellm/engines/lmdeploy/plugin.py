@@ -20,6 +20,7 @@ PLUGINS.register("api_guard", "sagellm.engines.lmdeploy.app_hooks:register_api_g
 PLUGINS.register("kv_tiers", "sagellm.engines.lmdeploy.kv_tiers:install_kv_tiers")
 PLUGINS.register("auth", "sagellm.engines.lmdeploy.auth:register_auth")
 PLUGINS.register("metrics", "sagellm.engines.lmdeploy.metrics_hook:register_metrics")
+PLUGINS.register("mp_handshake", "sagellm.engines.lmdeploy.mp_handshake:register_mp_handshake")
 
 _installed: set[str] = set()
 
