@@ -1,9 +1,13 @@
-"""sagellm.comm_backend: KV transport configuration, presets and the topology probe.
+"""sagellm.comm_backend: KV transport configuration, presets, the topology probe and the
+``TransportEngine`` (transfer buffers served to peers over shm / tcp / torch_dist / Mooncake / DLSlime).
 
-Importing it imports neither torch nor any vendor module (the probe imports torch when it
-measures). See README.md for the contract.
+Importing it imports neither torch nor any vendor module (the probe and the shm/torch_dist
+backends import torch when they run). See README.md for the contract.
 """
 
+from sagellm.comm_backend.buffer import StoredObject, TransferBuffer
+from sagellm.comm_backend.checksum import ChecksumMismatch, TransferError
+from sagellm.comm_backend.engine import TRANSPORTS, PeerLink, TransferStats, TransportEngine, TransportServer, backend_status
 from sagellm.comm_backend.topology import (
     LINK_KINDS,
     DeviceEntry,
@@ -29,6 +33,16 @@ from sagellm.comm_backend.transport_config import (
 )
 
 __all__ = [
+    "TRANSPORTS",
+    "ChecksumMismatch",
+    "PeerLink",
+    "StoredObject",
+    "TransferBuffer",
+    "TransferError",
+    "TransferStats",
+    "TransportEngine",
+    "TransportServer",
+    "backend_status",
     "COMPRESSIONS",
     "LINK_KINDS",
     "TARGET_DTYPES",

@@ -151,6 +151,13 @@ class SageMetrics:
         self._set.child("sagellm_transport_seconds", backend=backend).inc(seconds)
         if seconds > 0:
             self._set.child("sagellm_transport_bandwidth_bytes_per_second", backend=backend).set(nbytes / seconds)
+        self._set.child("sagellm_transport_latency_seconds", backend=backend).observe(seconds)
+
+    def transport_resent_chunks(self, backend: str, n: int, *, recovered: bool) -> None:
+        """``n`` chunks failed their checksum and were fetched again; ``recovered``: the transfer then succeeded."""
+        backend, n = _ident("backend", backend), _count("n", n)
+        outcome = "recovered" if recovered else "failed"
+        self._set.child("sagellm_transport_resent_chunks", backend=backend, outcome=outcome).inc(n)
 
     # scheduler and SLOs -------------------------------------------------------
     def scheduler_queue_length(self, queue: str, n: int) -> None:

@@ -100,6 +100,14 @@ ENGINE_SERIES: tuple[SeriesSpec, ...] = (
         "Bandwidth of the most recent KV transport transfer.", ("backend",),
     ),
     SeriesSpec(
+        "sagellm_transport_latency_seconds", "histogram",
+        "Latency of one KV transport read (request to last chunk verified).", ("backend",), TRANSFER_BUCKETS_S,
+    ),
+    SeriesSpec(
+        "sagellm_transport_resent_chunks", "counter",
+        "Transport chunks fetched again after a failed checksum (outcome: recovered or failed).", ("backend", "outcome"),
+    ),
+    SeriesSpec(
         "sagellm_scheduler_queue_length", "gauge",
         "Sequences in a scheduler queue (waiting, running, ...).", ("queue",),
     ),

@@ -1,0 +1,1 @@
+"""Transport backends (see ``sagellm.comm_backend.engine.TRANSPORTS``)."""
