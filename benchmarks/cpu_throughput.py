@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -39,6 +38,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # vLLM's venv has no sagellm installed: import it from the checkout
+
+from sagellm.bench.machine import default_model, git_commit, machine_info  # noqa: E402
+from sagellm.bench.machine import pkg_version as _pkg_version  # noqa: E402
+
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 ENGINES = ("sagellm", "vllm")
@@ -202,15 +207,6 @@ def _timed_passes(generate, prompts: list[list[int]], repeats: int) -> tuple[lis
     return outputs, walls
 
 
-def _pkg_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def worker_main(engine: str, spec_path: str, result_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     result = run_sagellm(spec) if engine == "sagellm" else run_vllm(spec)
@@ -218,50 +214,6 @@ def worker_main(engine: str, spec_path: str, result_path: str) -> None:
 
 
 # --------------------------------------------------------------------------- orchestration (main process)
-
-
-def machine_info() -> dict:
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {
-        "cpu_model": cpu_model or platform.processor() or None,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "mem_total_gib": mem_gib,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "gpu": False,
-        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
-
-
-def default_model() -> str | None:
-    try:
-        from sagellm.models.tiny import ensure_default_model
-    except Exception:  # noqa: BLE001 - module not there yet, or broken
-        return None
-    return str(ensure_default_model())
 
 
 def run_engine(engine: str, python: str, spec_path: Path, tmpdir: Path, timeout_s: float) -> dict:

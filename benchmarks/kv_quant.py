@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -45,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from sagellm.bench.machine import git_commit, machine_info  # noqa: E402
 from sagellm.core.quant import QuantizationProfile  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -233,18 +231,6 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict:
-    cpu = None
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return {"cpu_model": cpu or platform.processor(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
-
-
 def add_ratios(results: list[dict]) -> None:
     by_name = {r["config"]: r for r in results}
     for r in results:
@@ -327,8 +313,7 @@ def main(argv=None) -> int:
               f"{r['at_capacity']['output_tok_per_s']} tok/s at capacity", flush=True)
     add_ratios(results)
     timestamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    report = {"timestamp": timestamp, "git_commit": commit.stdout.strip() or None, "machine": machine,
+    report = {"timestamp": timestamp, "git_commit": git_commit(), "machine": machine,
               "model_shape": shape, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "results": results}
     print(json.dumps(report, indent=2))

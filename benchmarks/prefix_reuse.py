@@ -3,7 +3,7 @@
 tiers vs vLLM (CPU build) prefix caching, on workloads whose prefix working set is several times the
 device KV budget (issue 4, "What it must show").
 
-Two seeded workloads (benchmarks/workloads.py), the same token ids for every engine:
+Two seeded workloads (sagellm/bench/token_workloads.py), the same token ids for every engine:
 
 * multi_turn_chat: S sessions x T turns behind a shared system prompt; each turn's prompt is the whole
   conversation so far (user turns + what *this* engine answered) plus a new user message; sessions
@@ -53,12 +53,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import workloads  # noqa: E402  (benchmarks/workloads.py)
-from cpu_throughput import _pkg_version, default_model, git_commit, machine_info  # noqa: E402
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # vLLM's venv has no sagellm installed: import it from the checkout
+
+from sagellm.bench import token_workloads as workloads  # noqa: E402  (standard library only)
+from sagellm.bench.machine import default_model, git_commit, machine_info  # noqa: E402
+from sagellm.bench.machine import pkg_version as _pkg_version  # noqa: E402
+from sagellm.bench.stats import percentile as _percentile  # noqa: E402
+
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 ENGINES = ("stock", "sagellm", "vllm")
@@ -383,17 +386,6 @@ def run_engine(engine: str, names: list[str], python: str, spec_paths: dict[str,
         # the machine is shared: a 1-minute load average well above the 1 engine process hints at interference
         results[n]["loadavg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     return results
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    pos = (len(values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 def summarize(result: dict, engine: str, n_new: int) -> dict:

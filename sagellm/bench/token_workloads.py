@@ -1,6 +1,7 @@
-"""Seeded, locally generated workloads for the benchmarks, as token ids.
+"""Seeded, locally generated token-id workloads for the in-process benchmarks (``benchmarks/prefix_reuse.py``).
 
-A workload is a list of requests sent one after the other. A request's prompt is a list of
+The HTTP runner's text workloads are :mod:`sagellm.bench.workloads`; these drive engines through
+their Python APIs with exact token ids. A workload is a list of requests sent one after the other. A request's prompt is a list of
 *segments*: literal token ids (``{"tokens": [...]}``) or the output of an earlier request
 (``{"output_of": j}``), so that multi-turn chat can put what the engine answered into the next
 turn while every engine still receives the same user text and the same token ids. The prompt is
@@ -17,7 +18,8 @@ Generators (text from :mod:`sagellm.models.corpus`, tokenized with the model's t
 
 Everything is a plain ``dict``/``list`` (JSON-serialisable), and :func:`assemble_prompt` and the
 analysis helpers use only the standard library, so the engine workers (including vLLM's venv,
-which has no sagellm) can import this module. Only the generators need ``transformers`` and sagellm.
+where sagellm is not installed; they put the repository root on ``sys.path``) can import this module.
+Only the generators need ``transformers`` and :mod:`sagellm.models`.
 """
 
 from __future__ import annotations
