@@ -21,6 +21,7 @@ PLUGINS.register("kv_tiers", "sagellm.engines.lmdeploy.kv_tiers:install_kv_tiers
 PLUGINS.register("auth", "sagellm.engines.lmdeploy.auth:register_auth")
 PLUGINS.register("metrics", "sagellm.engines.lmdeploy.metrics_hook:register_metrics")
 PLUGINS.register("mp_handshake", "sagellm.engines.lmdeploy.mp_handshake:register_mp_handshake")
+PLUGINS.register("scheduler", "sagellm.engines.lmdeploy.scheduling:install_scheduler")
 
 _installed: set[str] = set()
 

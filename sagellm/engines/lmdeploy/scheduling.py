@@ -1,0 +1,340 @@
+"""Scheduling strategies for LMDeploy: the adapter from patch 0004's seam to ``sagellm.scheduler_ir``.
+
+``SagellmSchedulerHooks`` (installed by the ``scheduler`` plugin) turns LMDeploy's ``Scheduler``
+into an ``EngineSnapshot`` at each hook call, asks the ``StepExecutor`` and carries out the
+answer on LMDeploy's objects:
+
+==========================  ==================================================================
+hook (patch 0004)           what happens here
+==========================  ==================================================================
+``request_metadata``        server process: the metadata ``SchedulingMiddleware`` parsed
+``order_waiting``           prefill order; refused requests end now with an error (reason in
+                            the text; the server turns it into HTTP 503); deferred ones wait
+``before_admission``        a long prompt chosen for chunking is cut to this step's chunk
+``order_running``           who gets decode blocks first
+``preempt``                 who gives up its blocks
+``choose_prefill``          prefill or decode next
+``before_step_outputs``     step times feed the cost model; a chunk that ran becomes
+                            computed KV (published to the prefix trie) and its sequence waits
+                            for the next chunk, without emitting the token sampled after it
+==========================  ==================================================================
+
+With ``fifo`` and no trace every hook returns LMDeploy's own answer without building a
+snapshot (``StepExecutor.passthrough``).
+
+How a prompt is split across steps (LMDeploy 0.11 has no chunked prefill): the sequence's token
+buffer is cut at the chunk end (a KV-block boundary) and the rest kept aside, so the engine
+prefills only the chunk. When that step's outputs arrive -- before LMDeploy appends the token it
+sampled -- the sequence's computed boundary moves to the chunk end (``set_step``), its now full
+blocks go into the prefix trie (as decoding would do), the rest of the prompt is put back and the
+sequence returns to WAITING. It is then never LOCKED when the outputs are applied, so LMDeploy
+skips it: no token, no response. This touches ``SchedulerSequence`` internals
+(``history_cache``, ``_num_token_ids``); only plain text sequences of the default AR strategy are
+split (no multimodal input, logits output, guided decoding, logits processors or migration).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from lmdeploy.messages import ResponseType
+from lmdeploy.pytorch.messages import MessageStatus
+from lmdeploy.pytorch.plugins import register_app_hook
+from lmdeploy.pytorch.sched_hooks import SchedulerHooks, set_sched_hooks
+
+from sagellm.core.config import load_config
+from sagellm.core.request import RequestMetadata
+from sagellm.engines.lmdeploy.scheduling_api import SCOPE_KEY, SchedulingMiddleware, rejection_text
+from sagellm.scheduler_ir import (
+    EngineSnapshot,
+    PlanTracer,
+    SchedulerConfig,
+    SeqState,
+    SeqView,
+    StepCostModel,
+    StepExecutor,
+    build_strategy,
+)
+
+logger = logging.getLogger("sagellm.scheduling")
+
+_PLAIN_SEQUENCE = "SchedulerSequenceDefault"
+
+
+@dataclass
+class _Chunk:
+    """A sequence cut at ``end`` for this step; ``tail`` holds the token ids after it."""
+
+    seq: object
+    end: int
+    tail: np.ndarray
+
+
+class SagellmSchedulerHooks(SchedulerHooks):
+    """Patch 0004's hooks backed by a ``scheduler_ir`` strategy (see the module docstring)."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.strategy = build_strategy(config.scheduler, config.options())
+        self.executor = StepExecutor(self.strategy)
+        self.cost = StepCostModel()
+        self.engine = None
+        self.step = 0
+        self._chunks: dict[int, _Chunk] = {}
+        self._chunk_ends: dict[int, int] = {}
+        self._first_token_s: dict[int, float] = {}
+        self._last_output_s = 0.0
+        self._scheduled_s = {True: 0.0, False: 0.0}  # is_prefill -> time the last such step was scheduled
+        self._outputs_of: int | None = None  # id() of the running list whose loops are being reported
+        self._loops_seen = 0
+        self.rejected = 0
+
+    # ------------------------------------------------------------------ server process
+
+    def request_metadata(self, raw_request):
+        if raw_request is None:
+            return None
+        return raw_request.scope.get(SCOPE_KEY)
+
+    # ------------------------------------------------------------------ engine process
+
+    def attach(self, engine) -> None:
+        self.engine = engine
+        if self.config.sched_trace:
+            self.executor.tracer = PlanTracer(self.config.sched_trace)
+        logger.info("sagellm scheduler: %s%s", self.strategy.describe(),
+                    f" (trace {self.config.sched_trace})" if self.config.sched_trace else "")
+
+    @property
+    def passthrough(self) -> bool:
+        return self.executor.passthrough
+
+    def order_waiting(self, scheduler, waiting):
+        self._restore_unadmitted(scheduler)
+        self._chunk_ends = {}
+        self._scheduled_s[True] = time.time()
+        if self.passthrough:
+            return waiting
+        self.step += 1
+        snapshot = self.snapshot(scheduler, waiting=waiting)
+        step = self.executor.prefill_step(snapshot)
+        by_id = {seq.seq_id: seq for seq in waiting}
+        for seq_id, reason in step.rejected.items():
+            self._reject(scheduler, by_id[seq_id], reason)
+        self._chunk_ends = dict(step.chunk_ends)
+        return [by_id[seq_id] for seq_id in step.order]
+
+    def before_admission(self, scheduler, seq) -> None:
+        end = self._chunk_ends.get(seq.seq_id)
+        if end is None or not seq.num_history_ids < end < seq.num_all_ids:
+            return
+        tail = np.array(seq.history_cache[end:seq.num_all_ids], copy=True)
+        seq.history_cache.resize(end)
+        seq._num_token_ids = end - seq.num_history_ids
+        self._chunks[seq.seq_id] = _Chunk(seq, end, tail)
+
+    def order_running(self, scheduler, running):
+        self._scheduled_s[False] = time.time()
+        if self.passthrough:
+            return running
+        self.step += 1
+        snapshot = self.snapshot(scheduler, running=running)
+        by_id = {seq.seq_id: seq for seq in running}
+        return [by_id[seq_id] for seq_id in self.executor.decode_order(snapshot)]
+
+    def preempt(self, scheduler, running):
+        if self.passthrough:
+            return running.pop(-1)
+        snapshot = self.snapshot(scheduler, running=running)
+        victim = self.executor.preempt(snapshot, tuple(seq.seq_id for seq in running))
+        index = next(i for i, seq in enumerate(running) if seq.seq_id == victim)
+        return running.pop(index)
+
+    def choose_prefill(self, scheduler, prefill):
+        if self.passthrough:
+            return prefill
+        return self.executor.choose_prefill(self.snapshot(scheduler), prefill)
+
+    def before_step_outputs(self, scheduler, running, is_decoding) -> None:
+        now = time.time()
+        self._observe(running, is_decoding, now)
+        if not is_decoding:
+            for seq in running:
+                chunk = self._chunks.pop(seq.seq_id, None)
+                if chunk is not None and chunk.seq is seq:
+                    self._finish_chunk(scheduler, seq, chunk)
+                elif seq.num_new_tokens == 0 and seq.seq_id not in self._first_token_s:
+                    self._first_token_s[seq.seq_id] = now
+        self._last_output_s = now
+
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot(self, scheduler, waiting=None, running=None) -> EngineSnapshot:
+        """LMDeploy's scheduler as an ``EngineSnapshot``.
+
+        ``waiting``/``running``: the sequences a hook was given, in its order (``running`` then lists
+        exactly the candidates); default: every waiting sequence and the whole batch (in flight or
+        not) in arrival order.
+        """
+        now = time.time()
+        clock_offset = now - time.perf_counter()
+        if waiting is None:
+            waiting = sorted(scheduler.waiting, key=lambda seq: seq.arrive_time)
+        if running is None:  # the whole batch, in flight or not
+            running = sorted(scheduler.running + scheduler.locked, key=lambda seq: seq.arrive_time)
+        self._prune_first_tokens(waiting, running)
+        cache_config = scheduler.cache_config
+        block_manager = scheduler.block_manager
+        cost = self.cost.estimate()
+        return EngineSnapshot(
+            now_s=now,
+            step_id=self.step,
+            waiting=tuple(self._view(seq, SeqState.WAITING, clock_offset) for seq in waiting),
+            running=tuple(self._view(seq, SeqState.RUNNING, clock_offset) for seq in running),
+            free_blocks=int(block_manager.get_num_free_gpu_blocks()),
+            total_blocks=int(block_manager.num_gpu_blocks),
+            block_size=int(cache_config.block_size),
+            max_batches=int(scheduler.scheduler_config.max_batches),
+            prefill_token_budget=int(cache_config.max_prefill_token_num),
+            decode_loops=self._decode_loops(scheduler),
+            cost=cost,
+            inflight_ms=self._inflight_ms(scheduler, cost, now),
+        )
+
+    def _view(self, seq, state: SeqState, clock_offset: float) -> SeqView:
+        meta = _metadata(seq)
+        arrival = meta.arrival_time if meta is not None else seq.arrive_time + clock_offset
+        return SeqView(
+            seq_id=int(seq.seq_id),
+            request_id=meta.request_id if meta is not None else f"session-{seq.session_id}",
+            state=state,
+            arrival_s=max(0.0, float(arrival)),
+            computed_tokens=int(seq.num_history_ids),
+            pending_tokens=max(1 if state is SeqState.WAITING else 0, int(seq.num_token_ids)),
+            generated_tokens=int(seq.num_new_tokens),
+            max_new_tokens=max(0, int(seq.sampling_param.max_new_tokens)),
+            first_token_s=self._first_token_s.get(seq.seq_id),
+            num_blocks=int(seq.num_blocks),
+            priority=meta.priority if meta is not None else 0,
+            tenant=meta.tenant if meta is not None else None,
+            slo_ttft_ms=meta.slo_ttft_ms if meta is not None else None,
+            slo_tpot_ms=meta.slo_tpot_ms if meta is not None else None,
+            chunkable=_chunkable(seq),
+            in_flight=state is SeqState.RUNNING and seq.status == MessageStatus.LOCKED,
+        )
+
+    @staticmethod
+    def _decode_loops(scheduler) -> int:
+        return max(1, int(getattr(scheduler.scheduler_config, "prefill_interval", 16)))
+
+    def _inflight_ms(self, scheduler, cost, now: float) -> float:
+        locked = scheduler.locked
+        if not locked:
+            return 0.0
+        if any(seq.num_new_tokens == 0 for seq in locked):
+            tokens = sum(int(seq.num_token_ids) for seq in locked)
+            started = max(self._last_output_s, self._scheduled_s[True])
+            return max(0.0, cost.prefill_ms(tokens) - (now - started) * 1000.0)
+        loops_left = max(1, self._decode_loops(scheduler) - self._loops_seen)
+        return loops_left * cost.decode_loop_ms(len(locked))
+
+    def _prune_first_tokens(self, waiting, running) -> None:
+        if len(self._first_token_s) > 4 * (len(waiting) + len(running)) + 64:
+            alive = {seq.seq_id for seq in list(waiting) + list(running)}
+            self._first_token_s = {k: v for k, v in self._first_token_s.items() if k in alive}
+
+    # ------------------------------------------------------------------ actions
+
+    def _reject(self, scheduler, seq, reason: str) -> None:
+        text = rejection_text(self.strategy.describe(), reason)
+        logger.warning("session %s: %s", seq.session_id, text)
+        self.chunk_restore(seq)
+        scheduler._set_message_status(seq, MessageStatus.STOPPED)
+        self.engine._response(seq.resp, ResponseType.INTERNAL_ENGINE_ERROR, err_msg=text)
+        self.rejected += 1
+
+    def chunk_restore(self, seq) -> None:
+        """Put back the tokens cut off ``seq`` (a chunk that was not run)."""
+        chunk = self._chunks.pop(seq.seq_id, None)
+        if chunk is not None and chunk.seq is seq:
+            seq.history_cache.append(chunk.tail)
+            seq._num_token_ids += len(chunk.tail)
+
+    def _restore_unadmitted(self, scheduler) -> None:
+        for seq_id, chunk in list(self._chunks.items()):
+            seq = chunk.seq
+            if seq.session.sequences.get(seq_id) is not seq:
+                del self._chunks[seq_id]  # the request ended meanwhile
+            elif seq.status == MessageStatus.WAITING:
+                self.chunk_restore(seq)
+
+    def _finish_chunk(self, scheduler, seq, chunk: _Chunk) -> None:
+        if seq.status != MessageStatus.LOCKED:
+            # stopped or cancelled while its chunk ran: leave it as it was before the cut
+            seq.history_cache.append(chunk.tail)
+            seq._num_token_ids += len(chunk.tail)
+            return
+        seq.set_step(chunk.end)  # the chunk's KV is in the cache now
+        scheduler.block_trie.allocate(seq)  # publish its full blocks, as decoding would
+        seq.history_cache.append(chunk.tail)
+        seq._num_token_ids += len(chunk.tail)
+        scheduler._set_message_status(seq, MessageStatus.WAITING)
+
+    def _observe(self, running, is_decoding: bool, now: float) -> None:
+        """Feed the cost model with the time of the step (or decode loop) whose outputs just arrived."""
+        if not running:
+            return
+        first_loop = id(running) != self._outputs_of
+        if first_loop:
+            self._outputs_of = id(running)
+            self._loops_seen = 0
+        self._loops_seen += 1
+        started = max(self._last_output_s, self._scheduled_s[not is_decoding]) if first_loop else self._last_output_s
+        ms = (now - started) * 1000.0
+        if started <= 0 or ms <= 0:
+            return
+        if is_decoding:
+            self.cost.observe_decode(len(running), ms)
+        else:
+            self.cost.observe_prefill(max(1, sum(int(seq.num_token_ids) for seq in running)), ms)
+
+
+def _metadata(seq) -> RequestMetadata | None:
+    data = getattr(seq, "request_metadata", None)
+    if not data:
+        return None
+    try:
+        return RequestMetadata.from_dict(data)
+    except ValueError as err:  # the server validated it; a foreign caller may not have
+        logger.warning("session %s: ignoring bad request metadata %r: %s", seq.session_id, data, err)
+        return None
+
+
+def _chunkable(seq) -> bool:
+    param = seq.sampling_param
+    return (
+        type(seq).__name__ == _PLAIN_SEQUENCE
+        and len(seq.history_embeddings) == 0
+        and seq.history_multimodals.empty()
+        and not param.out_logits
+        and param.response_format is None
+        and not param.logits_processors
+        and not param.return_routed_experts
+        and seq.migration_request is None
+        and not seq.resp_cache
+        and not seq.preserve_cache
+    )
+
+
+def add_scheduling_middleware(app) -> None:
+    app.add_middleware(SchedulingMiddleware)
+
+
+def install_scheduler() -> None:
+    """Plugin entry: strategy from ``SAGELLM_SCHEDULER`` (and ``SAGELLM_SCHED_*``), metadata middleware."""
+    config = load_config(SchedulerConfig)
+    set_sched_hooks(SagellmSchedulerHooks(config))
+    register_app_hook(add_scheduling_middleware)

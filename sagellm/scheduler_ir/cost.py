@@ -1,0 +1,86 @@
+"""``StepCostModel``: learns how long prefill and decode steps take from the steps the engine ran.
+
+Two straight lines, fitted by exponentially weighted least squares (recent steps count more,
+so the model follows load and thermal changes)::
+
+    prefill step of n tokens:     ms = a + b * n
+    one decode loop of batch B:   ms = c + d * B
+
+Until a line has seen two different sizes it keeps the prior's slope and fits only the
+intercept. Slopes and intercepts are clamped at 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sagellm.core.validation import check_float, check_int
+from sagellm.scheduler_ir.snapshot import CostEstimate
+
+
+@dataclass
+class _Line:
+    """Exponentially weighted sums for a least-squares line y = a + b x."""
+
+    prior_a: float
+    prior_b: float
+    decay: float
+    n: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        d = self.decay
+        self.n = self.n * d + 1.0
+        self.sx = self.sx * d + x
+        self.sy = self.sy * d + y
+        self.sxx = self.sxx * d + x * x
+        self.sxy = self.sxy * d + x * y
+
+    def fit(self) -> tuple[float, float]:
+        if self.n == 0:
+            return self.prior_a, self.prior_b
+        mean_x, mean_y = self.sx / self.n, self.sy / self.n
+        var_x = self.sxx / self.n - mean_x * mean_x
+        if var_x > 1e-9 * max(1.0, mean_x * mean_x):
+            b = max(0.0, (self.sxy / self.n - mean_x * mean_y) / var_x)
+        else:
+            b = self.prior_b
+        a = max(0.0, mean_y - b * mean_x)
+        return a, b
+
+
+class StepCostModel:
+    """Online estimate of step times (see the module docstring).
+
+    Args:
+        prior: the estimate before any observation.
+        decay: weight kept by past observations per new one, in (0, 1].
+    """
+
+    def __init__(self, prior: CostEstimate | None = None, decay: float = 0.95) -> None:
+        prior = prior or CostEstimate()
+        check_float("StepCostModel", "decay", decay, positive=True)
+        if decay > 1:
+            raise ValueError(f"StepCostModel.decay: got {decay!r}; accepted: a number in (0, 1]")
+        self._prefill = _Line(prior.prefill_fixed_ms, prior.prefill_ms_per_token, decay)
+        self._decode = _Line(prior.decode_fixed_ms, prior.decode_ms_per_seq, decay)
+
+    def observe_prefill(self, tokens: int, ms: float) -> None:
+        """A prefill step of ``tokens`` tokens took ``ms`` milliseconds."""
+        check_int("StepCostModel.observe_prefill", "tokens", tokens, minimum=1)
+        check_float("StepCostModel.observe_prefill", "ms", ms, minimum=0.0)
+        self._prefill.add(float(tokens), float(ms))
+
+    def observe_decode(self, batch: int, ms: float) -> None:
+        """One decode loop of ``batch`` sequences took ``ms`` milliseconds."""
+        check_int("StepCostModel.observe_decode", "batch", batch, minimum=1)
+        check_float("StepCostModel.observe_decode", "ms", ms, minimum=0.0)
+        self._decode.add(float(batch), float(ms))
+
+    def estimate(self) -> CostEstimate:
+        pa, pb = self._prefill.fit()
+        da, db = self._decode.fit()
+        return CostEstimate(prefill_fixed_ms=pa, prefill_ms_per_token=pb, decode_fixed_ms=da, decode_ms_per_seq=db)

@@ -1,0 +1,56 @@
+"""The strategy interface: pure decisions over an ``EngineSnapshot``.
+
+A strategy never touches the engine. It answers four questions the seam asks each step:
+
+- ``plan_waiting``: which waiting requests to try for prefill, in which order, which to hold
+  back or reject, and how much of a long prompt to prefill this step;
+- ``order_running``: the order in which running requests get KV blocks for their next tokens;
+- ``preempt``: which running request gives up its blocks when there are not enough;
+- ``choose_prefill``: whether the next step prefills or decodes (given the engine's own choice).
+
+The defaults reproduce LMDeploy 0.11: engine order everywhere, the newest candidate is preempted,
+the engine's prefill/decode choice stands.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from sagellm.scheduler_ir.config import StrategyOptions
+from sagellm.scheduler_ir.decisions import WaitingDecision
+from sagellm.scheduler_ir.snapshot import EngineSnapshot
+
+
+class SchedulingStrategy(ABC):
+    """Base of every strategy (see the module docstring).
+
+    Attributes:
+        name: the registry name.
+        stock: True when every decision equals LMDeploy's own (the seam may skip consulting it).
+    """
+
+    name: ClassVar[str] = ""
+    stock: ClassVar[bool] = False
+
+    def __init__(self, options: StrategyOptions | None = None) -> None:
+        self.options = options or StrategyOptions()
+
+    @abstractmethod
+    def plan_waiting(self, snapshot: EngineSnapshot) -> WaitingDecision:
+        """Decide the fate of every waiting sequence (see ``WaitingDecision``)."""
+
+    def order_running(self, snapshot: EngineSnapshot) -> tuple[int, ...]:
+        """Running sequence ids, most deserving of blocks first (default: engine order)."""
+        return snapshot.ids(snapshot.running)
+
+    def preempt(self, snapshot: EngineSnapshot, candidates: tuple[int, ...]) -> int:
+        """The candidate to preempt; ``candidates`` is in ``order_running`` order (default: the last)."""
+        return candidates[-1]
+
+    def choose_prefill(self, snapshot: EngineSnapshot, engine_choice: bool) -> bool:
+        """Whether the next step prefills (default: the engine's choice)."""
+        return engine_choice
+
+    def describe(self) -> str:
+        return self.name

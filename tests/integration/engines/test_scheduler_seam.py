@@ -1,0 +1,210 @@
+"""Patch 0004's seam on LMDeploy's real Scheduler, block manager and prefix trie (no model).
+
+Step outputs are simulated the way the engine produces them: ``lock_running`` ->
+``before_step_outputs`` -> ``update_token_ids`` -> ``unlock_running``. The engine object that
+receives a refusal is a stand-in that records ``_response`` calls.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from lmdeploy.messages import ResponseType
+from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
+from lmdeploy.pytorch.messages import MessageStatus, SequenceMeta, UpdateTokenMode
+from lmdeploy.pytorch.paging.scheduler import Scheduler
+from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
+from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
+
+from sagellm.core.request import RequestMetadata
+from sagellm.engines.lmdeploy.scheduling import SagellmSchedulerHooks
+from sagellm.engines.lmdeploy.scheduling_api import REJECT_MARKER
+from sagellm.scheduler_ir import SchedulerConfig as SagellmSchedulerConfig
+from sagellm.scheduler_ir import read_records
+
+BLOCK = 4
+
+
+def make_scheduler(num_blocks=32, budget=4096, prefix_caching=True) -> Scheduler:
+    return Scheduler(
+        SchedulerConfig(max_batches=8, max_session_len=256),
+        CacheConfig(max_batches=8, block_size=BLOCK, num_cpu_blocks=0, num_gpu_blocks=num_blocks,
+                    max_prefill_token_num=budget, enable_prefix_caching=prefix_caching, device_type="cpu"),
+        seq_meta=SequenceMeta(BLOCK, strategy=ARSequenceStrategy()),
+    )
+
+
+class RecordingEngine(SimpleNamespace):
+    """Stand-in for lmdeploy's Engine: records the responses a hook sends."""
+
+    def __init__(self):
+        super().__init__(responses=[])
+
+    def _response(self, resp, resp_type, data=None, err_msg=""):
+        self.responses.append((resp, resp_type, err_msg))
+
+
+def install(scheduler_name="fifo", **options):
+    hooks = SagellmSchedulerHooks(SagellmSchedulerConfig(scheduler=scheduler_name, **options))
+    hooks.attach(RecordingEngine())
+    set_sched_hooks(hooks)
+    return hooks
+
+
+@pytest.fixture(autouse=True)
+def restore_hooks():
+    previous = get_sched_hooks()
+    yield
+    set_sched_hooks(previous)
+
+
+def add(scheduler, session_id, tokens, **meta):
+    session = scheduler.add_session(session_id)
+    seq = session.add_sequence(np.array(tokens), sampling_param=None)
+    if meta:
+        seq.request_metadata = RequestMetadata(request_id=f"req-{session_id}", **meta).to_dict()
+    seq.resp = SimpleNamespace(type=ResponseType.SUCCESS, name=f"resp-{session_id}")
+    scheduler.add_sequence(seq)
+    time.sleep(0.002)  # distinct arrival times
+    return seq
+
+
+def step_outputs(scheduler, running, is_decoding, token=7):
+    """What the engine does when a step's outputs arrive."""
+    scheduler.lock_running(running)
+    get_sched_hooks().before_step_outputs(scheduler, running, is_decoding)
+    mode = UpdateTokenMode.DECODE if is_decoding else UpdateTokenMode.PREFILL
+    for seq in running:
+        if seq.status == MessageStatus.LOCKED:
+            seq.update_token_ids(np.array([token]), mode=mode)
+    scheduler.unlock_running(running)
+
+
+def sessions(seqs):
+    return [seq.session_id for seq in seqs]
+
+
+def preemption_scenario(priorities=(0, 0, 0)):
+    """Three 8-token sequences fill 6 blocks; each decoded token needs a 7th block: one must give way."""
+    scheduler = make_scheduler(num_blocks=6)
+    seqs = [add(scheduler, i, list(range(10 * i, 10 * i + 8)), priority=p) for i, p in enumerate(priorities)]
+    out = scheduler.schedule(is_prefill=True)
+    assert sorted(sessions(out.running)) == [0, 1, 2]
+    step_outputs(scheduler, out.running, is_decoding=False)
+    out = scheduler.schedule(is_prefill=False)
+    return scheduler, seqs, out
+
+
+@pytest.mark.parametrize("variant", ["default", "fifo", "fifo+trace"])
+def test_stock_and_fifo_agree_on_order_and_victim(variant, tmp_path):
+    if variant == "fifo":
+        install("fifo")
+    elif variant == "fifo+trace":
+        hooks = install("fifo", sched_trace=str(tmp_path / "t.jsonl"))
+        assert not hooks.passthrough
+    else:
+        set_sched_hooks(None)
+        assert type(get_sched_hooks()) is SchedulerHooks
+    scheduler, seqs, out = preemption_scenario()
+    assert sessions(out.running) == [0, 1]  # the newest, 2, was preempted
+    assert seqs[2].status == MessageStatus.WAITING
+    if variant == "fifo+trace":
+        kinds = [(r["kind"], r["order"]) for r in read_records(tmp_path / "t.jsonl")]
+        assert kinds == [("prefill", [s.seq_id for s in seqs]), ("decode", [s.seq_id for s in seqs])]
+
+
+def test_priority_reorders_running_and_preempts_the_worst():
+    install("priority", sched_aging_s=0.0)
+    scheduler, seqs, out = preemption_scenario(priorities=(5, 0, 1))
+    assert sessions(out.running) == [1, 2]
+    assert seqs[0].status == MessageStatus.WAITING
+
+
+def test_priority_reorders_admission_under_the_token_budget():
+    install("priority", sched_aging_s=0.0)
+    scheduler = make_scheduler(budget=8)
+    for session_id, priority in ((0, 3), (1, 1), (2, -2)):
+        add(scheduler, session_id, list(range(8)), priority=priority)
+    order = []
+    for _ in range(3):
+        out = scheduler.schedule(is_prefill=True)
+        order += sessions(out.running)
+        step_outputs(scheduler, out.running, is_decoding=False)
+    assert order == [2, 1, 0]
+
+
+def test_without_the_plugin_admission_is_first_come_first_served():
+    set_sched_hooks(None)
+    scheduler = make_scheduler(budget=8)
+    for session_id, priority in ((0, 3), (1, 1), (2, -2)):
+        add(scheduler, session_id, list(range(8)), priority=priority)
+    assert sessions(scheduler.schedule(is_prefill=True).running) == [0]
+
+
+def test_long_prompt_is_prefilled_in_block_aligned_chunks_without_emitting_tokens():
+    hooks = install("slo_aware", sched_chunk_tokens=8)
+    scheduler = make_scheduler()
+    prompt = list(range(100, 120))  # 20 tokens: chunks [0, 8), [8, 16), [16, 20)
+    seq = add(scheduler, 0, prompt, slo_ttft_ms=60_000)
+    seen = []
+    for _ in range(3):
+        out = scheduler.schedule(is_prefill=True)
+        assert out.running == [seq]
+        seen.append((seq.num_history_ids, seq.num_token_ids))
+        step_outputs(scheduler, out.running, is_decoding=False)
+    assert seen == [(0, 8), (8, 8), (16, 4)]
+    # after the chunks nothing was emitted; after the last one the sampled token is there
+    assert seq.num_new_tokens == 1 and seq.status == MessageStatus.RUNNING
+    assert seq.history_cache.get_real().tolist() == prompt + [7]
+    assert seq.num_blocks == 5  # the 20 prompt tokens; the sampled one gets its block at the next decode step
+    assert seq.seq_id in hooks._first_token_s
+    # the chunks' full blocks went into the prefix trie as they were computed
+    trie_tokens = []
+    node = scheduler.block_trie.get_root(seq.adapter_name)
+    while node.children:
+        node = next(iter(node.children.values()))
+        trie_tokens += node.tokens.tolist()
+    assert trie_tokens == prompt[:16]
+
+
+def test_a_cancelled_chunk_leaves_the_sequence_whole():
+    install("slo_aware", sched_chunk_tokens=8)
+    scheduler = make_scheduler()
+    seq = add(scheduler, 0, list(range(20)), slo_ttft_ms=60_000)
+    out = scheduler.schedule(is_prefill=True)
+    assert seq.num_token_ids == 8
+    scheduler.stop_session(0)  # cancelled while its chunk runs: not LOCKED when outputs arrive
+    get_sched_hooks().before_step_outputs(scheduler, out.running, False)
+    assert (seq.num_history_ids, seq.num_token_ids, seq.status) == (0, 20, MessageStatus.STOPPED)
+    assert seq.history_cache.get_real().tolist() == list(range(20))
+
+
+def test_a_cut_that_was_not_admitted_is_undone_next_step():
+    hooks = install("slo_aware", sched_chunk_tokens=8)
+    scheduler = make_scheduler()
+    seq = add(scheduler, 0, list(range(20)), slo_ttft_ms=60_000)
+    hooks._chunk_ends = {seq.seq_id: 8}
+    hooks.before_admission(scheduler, seq)  # cut, but (say) eviction failed: it stays waiting
+    assert seq.num_token_ids == 8 and seq.status == MessageStatus.WAITING
+    hooks.order_waiting(scheduler, [seq])
+    assert seq.num_token_ids == 20
+    assert seq.history_cache.get_real().tolist() == list(range(20))
+
+
+def test_an_unattainable_request_ends_with_the_reason_and_leaves_the_queue():
+    hooks = install("slo_aware")
+    scheduler = make_scheduler()
+    late = add(scheduler, 0, list(range(8)), slo_ttft_ms=50.0)
+    late.request_metadata["arrival_time"] = time.time() - 10.0  # it waited 10 s already
+    ok = add(scheduler, 1, list(range(8)), slo_ttft_ms=60_000.0)
+    out = scheduler.schedule(is_prefill=True)
+    assert out.running == [ok]
+    assert late.status == MessageStatus.STOPPED
+    [(resp, resp_type, err_msg)] = hooks.engine.responses
+    assert resp is late.resp and resp_type is ResponseType.INTERNAL_ENGINE_ERROR
+    assert err_msg.startswith(f"{REJECT_MARKER} the slo_aware scheduler rejected the request: slo_ttft_ms=50 cannot be met")
+    assert hooks.rejected == 1
+    assert scheduler.schedule(is_prefill=True).running == []  # nothing left waiting

@@ -1,0 +1,62 @@
+import pytest
+
+from sagellm.scheduler_ir import CostEstimate, StepCostModel
+
+PRIOR = CostEstimate(prefill_fixed_ms=5.0, prefill_ms_per_token=0.1, decode_fixed_ms=5.0, decode_ms_per_seq=0.2)
+
+
+def test_prior_until_observed():
+    assert StepCostModel(PRIOR).estimate() == PRIOR
+
+
+def test_fits_both_lines_exactly_from_noiseless_steps():
+    model = StepCostModel(PRIOR, decay=1.0)
+    for tokens in (100, 200, 400):
+        model.observe_prefill(tokens, 2.0 + 0.5 * tokens)
+    for batch in (1, 4, 8):
+        model.observe_decode(batch, 3.0 + 0.25 * batch)
+    est = model.estimate()
+    assert est.prefill_fixed_ms == pytest.approx(2.0)
+    assert est.prefill_ms_per_token == pytest.approx(0.5)
+    assert est.decode_fixed_ms == pytest.approx(3.0)
+    assert est.decode_ms_per_seq == pytest.approx(0.25)
+
+
+def test_one_size_keeps_the_prior_slope_and_fits_the_intercept():
+    model = StepCostModel(PRIOR, decay=1.0)
+    model.observe_prefill(100, 30.0)
+    model.observe_prefill(100, 40.0)
+    est = model.estimate()
+    assert est.prefill_ms_per_token == 0.1
+    assert est.prefill_fixed_ms == pytest.approx(25.0)  # mean 35 - 0.1 * 100
+
+
+def test_decay_follows_a_change():
+    model = StepCostModel(PRIOR, decay=0.5)
+    for _ in range(30):
+        model.observe_decode(1, 100.0)
+        model.observe_decode(2, 100.0)
+    for _ in range(30):
+        model.observe_decode(1, 10.0)
+        model.observe_decode(2, 10.0)
+    est = model.estimate()
+    assert est.decode_ms_per_seq == pytest.approx(0.0, abs=1e-9)
+    assert est.decode_fixed_ms == pytest.approx(10.0, abs=1e-3)
+
+
+def test_a_falling_line_is_clamped_to_a_flat_one():
+    model = StepCostModel(PRIOR, decay=1.0)
+    model.observe_prefill(10, 20.0)
+    model.observe_prefill(20, 10.0)
+    est = model.estimate()
+    assert (est.prefill_ms_per_token, est.prefill_fixed_ms) == (0.0, 15.0)
+
+
+def test_rejects_bad_observations():
+    model = StepCostModel()
+    with pytest.raises(ValueError, match="tokens: got 0"):
+        model.observe_prefill(0, 1.0)
+    with pytest.raises(ValueError, match="ms: got -1"):
+        model.observe_decode(1, -1.0)
+    with pytest.raises(ValueError, match="decay"):
+        StepCostModel(decay=1.5)

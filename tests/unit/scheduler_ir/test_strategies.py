@@ -1,0 +1,250 @@
+"""Every strategy over hand-made snapshots, with exact expected orders (FLAT_COST: prefill 1 ms/token, decode 10 ms/loop)."""
+
+import math
+
+import pytest
+
+from sagellm.scheduler_ir import STRATEGIES, StrategyOptions, WaitingDecision, build_strategy
+from sagellm.scheduler_ir.strategies.adaptive import busy_mode, is_busy
+from tests.unit.scheduler_ir.conftest import running, snapshot, waiting
+
+
+def test_registry_lists_every_strategy_and_rejects_unknown_names():
+    assert STRATEGIES.names() == ("adaptive", "fair", "fifo", "priority", "slo_aware")
+    with pytest.raises(KeyError, match=r"valid names: \['adaptive', 'fair', 'fifo', 'priority', 'slo_aware'\]"):
+        build_strategy("lottery")
+
+
+# ---------------------------------------------------------------- fifo
+
+
+def test_fifo_keeps_the_engine_order_everywhere():
+    fifo = build_strategy("fifo")
+    snap = snapshot(waiting_seqs=[waiting(3), waiting(1), waiting(2)], running_seqs=[running(8), running(6)])
+    assert fifo.stock is True
+    assert fifo.plan_waiting(snap) == WaitingDecision(order=(3, 1, 2), note="fcfs")
+    assert fifo.order_running(snap) == (8, 6)
+    assert fifo.preempt(snap, (8, 6)) == 6
+    assert fifo.choose_prefill(snap, True) is True and fifo.choose_prefill(snap, False) is False
+
+
+# ---------------------------------------------------------------- priority
+
+
+def priority_snapshot():
+    return snapshot(
+        now_s=100.0,
+        waiting_seqs=[
+            waiting(1, arrival_s=99.0, priority=0),   # effective -0.2
+            waiting(2, arrival_s=80.0, priority=2),   # effective 2 - 20/5 = -2
+            waiting(3, arrival_s=100.0, priority=1),  # effective 1
+            waiting(4, arrival_s=99.0, priority=0),   # effective -0.2 (tie with 1: engine order)
+        ],
+        running_seqs=[running(5, arrival_s=90.0, priority=3), running(6, arrival_s=99.0, priority=0),
+                      running(7, arrival_s=95.0, priority=1)],
+    )
+
+
+def test_priority_orders_by_aged_priority():
+    strat = build_strategy("priority", StrategyOptions(aging_s=5.0))
+    snap = priority_snapshot()
+    assert strat.plan_waiting(snap).order == (2, 1, 4, 3)
+    # running: 5 -> 3-2=1, 6 -> -0.2, 7 -> 1-1=0
+    assert strat.order_running(snap) == (6, 7, 5)
+    assert strat.preempt(snap, (6, 7, 5)) == 5
+
+
+def test_priority_without_aging_is_strict():
+    strat = build_strategy("priority", StrategyOptions(aging_s=0.0))
+    assert strat.plan_waiting(priority_snapshot()).order == (1, 4, 3, 2)
+
+
+def test_priority_aging_bounds_the_wait_of_a_low_priority_request():
+    strat = build_strategy("priority", StrategyOptions(aging_s=2.0))
+    old_low = waiting(1, arrival_s=0.0, priority=9)
+    for now, expected in ((17.0, (2, 1)), (18.5, (1, 2))):  # 9 - now/2 vs 0 (fresh request)
+        snap = snapshot(now_s=now, waiting_seqs=[old_low, waiting(2, arrival_s=now, priority=0)])
+        assert strat.plan_waiting(snap).order == expected
+
+
+def test_priority_preempts_the_newest_among_equals():
+    strat = build_strategy("priority", StrategyOptions(aging_s=0.0))
+    snap = snapshot(running_seqs=[running(1, priority=1), running(2, priority=1), running(3, priority=0)])
+    assert strat.preempt(snap, (3, 1, 2)) == 2
+
+
+# ---------------------------------------------------------------- slo_aware
+
+
+def slo_snapshot(**kw):
+    return snapshot(
+        now_s=100.0,
+        waiting_seqs=[
+            waiting(1, arrival_s=99.9, pending=50, slo_ttft_ms=1000),   # slack 1000-100-50 = 850
+            waiting(2, arrival_s=99.99, pending=20, slo_ttft_ms=200),   # slack 200-10-20 = 170
+            waiting(3, arrival_s=99.0, pending=100),                    # no SLO: 10000-1000 = 9000
+            waiting(4, arrival_s=99.5, pending=30, slo_ttft_ms=400),    # 500 ms waited + 30 > 400: hopeless
+        ],
+        **kw,
+    )
+
+
+def test_slo_aware_orders_by_ttft_slack_and_rejects_the_hopeless():
+    strat = build_strategy("slo_aware")
+    snap = slo_snapshot()
+    assert [round(strat.ttft_slack_ms(snap, s)) for s in snap.waiting] == [850, 170, 9000, -130]
+    decision = strat.plan_waiting(snap)
+    assert decision.order == (2, 1, 3)
+    assert decision.deferred == ()
+    assert decision.rejected == {
+        4: "slo_ttft_ms=400 cannot be met: waited 500 ms, first token expected after about 530 ms "
+           "(0 request(s) ahead, 30 prompt tokens)"
+    }
+
+
+def test_slo_aware_admission_is_queue_aware_and_rejected_work_does_not_delay_others():
+    strat = build_strategy("slo_aware")
+    snap = snapshot(
+        now_s=10.0,
+        waiting_seqs=[
+            waiting(1, arrival_s=10.0, pending=300, slo_ttft_ms=350),  # slack 50
+            waiting(2, arrival_s=10.0, pending=100, slo_ttft_ms=360),  # slack 260; after 1: 300+100 > 360
+            waiting(3, arrival_s=10.0, pending=50, slo_ttft_ms=400),   # slack 350; after 1 only: 350 <= 400
+        ],
+    )
+    decision = strat.plan_waiting(snap)
+    assert decision.order == (1, 3)
+    assert list(decision.rejected) == [2]
+    assert "first token expected after about 400 ms (1 request(s) ahead" in decision.rejected[2]
+
+
+def test_slo_aware_defer_mode_holds_back_then_serves_then_rejects_after_max_defer():
+    strat = build_strategy("slo_aware", StrategyOptions(on_unattainable="defer", max_defer_s=30.0))
+    decision = strat.plan_waiting(slo_snapshot())
+    assert (decision.order, decision.deferred, decision.rejected) == ((2, 1, 3), (4,), {})
+    alone = snapshot(now_s=100.0, waiting_seqs=[waiting(4, arrival_s=99.5, pending=30, slo_ttft_ms=400)])
+    assert strat.plan_waiting(alone).order == (4,)  # nothing attainable waits: do not idle
+    too_old = snapshot(now_s=100.0, waiting_seqs=[waiting(4, arrival_s=60.0, pending=30, slo_ttft_ms=400)])
+    assert list(strat.plan_waiting(too_old).rejected) == [4]
+
+
+def test_slo_aware_rejects_a_tpot_target_below_the_decode_time():
+    strat = build_strategy("slo_aware")
+    snap = snapshot(waiting_seqs=[waiting(1, arrival_s=100.0, slo_tpot_ms=5.0), waiting(2, arrival_s=100.0, slo_tpot_ms=50.0)])
+    decision = strat.plan_waiting(snap)
+    assert decision.order == (2,)
+    assert decision.rejected == {1: "slo_tpot_ms=5 is below the engine's decode time per token (about 10 ms at batch 1)"}
+
+
+def test_slo_aware_resumes_preempted_requests_first():
+    strat = build_strategy("slo_aware")
+    snap = snapshot(now_s=100.0, waiting_seqs=[waiting(1, arrival_s=100.0, slo_ttft_ms=50),
+                                              waiting(2, arrival_s=90.0, generated_tokens=5, pending=40)])
+    assert strat.plan_waiting(snap).order == (2, 1)
+
+
+def tpot_snapshot(waiting_seqs=()):
+    # running 9: 21 tokens, first one 1000 ms ago, 50 ms/token target, next step 16 loops of 10 ms:
+    #   slack = 50 * (20 + 16) - 1000 - 160 = 640 ms; running 8 has no TPOT target (infinite slack)
+    return snapshot(
+        now_s=100.0,
+        waiting_seqs=waiting_seqs,
+        running_seqs=[running(8, first_token_s=90.0, generated=50),
+                      running(9, first_token_s=99.0, generated=21, slo_tpot_ms=50.0)],
+    )
+
+
+def test_slo_aware_chunks_long_prompts_and_sizes_the_step_to_the_tpot_slack():
+    strat = build_strategy("slo_aware", StrategyOptions(chunk_tokens=256))
+    snap = tpot_snapshot([waiting(1, arrival_s=100.0, pending=1000), waiting(2, arrival_s=100.0, pending=40),
+                          waiting(3, arrival_s=100.0, pending=2000, chunkable=False)])
+    assert strat.tpot_slack_ms(snap, snap.running[1]) == pytest.approx(640.0)
+    assert math.isinf(strat.tpot_slack_ms(snap, snap.running[0]))
+    decision = strat.plan_waiting(snap)
+    assert decision.order == (1, 2, 3)  # no TTFT targets: first come, first served
+    assert decision.chunk_limits == {1: 256}
+    assert decision.step_token_budget == 640
+
+
+def test_slo_aware_orders_running_by_tpot_slack_and_preempts_the_most_relaxed():
+    strat = build_strategy("slo_aware")
+    snap = tpot_snapshot()
+    assert strat.order_running(snap) == (9, 8)
+    assert strat.preempt(snap, (9, 8)) == 8
+
+
+def test_slo_aware_prefill_or_decode():
+    strat = build_strategy("slo_aware", StrategyOptions(chunk_tokens=256))
+    # a 1000-token prompt with a relaxed target: a 256-token chunk (256 ms) fits the 640 ms stall budget
+    relaxed = tpot_snapshot([waiting(1, arrival_s=100.0, pending=1000, slo_ttft_ms=5000)])
+    assert strat.choose_prefill(relaxed, True) is True
+    # an unsplittable 1000-token prompt would stall running 9 past its TPOT target; its TTFT can wait
+    unsplittable = tpot_snapshot([waiting(1, arrival_s=100.0, pending=1000, slo_ttft_ms=5000, chunkable=False)])
+    assert strat.choose_prefill(unsplittable, True) is False
+    # ... unless its own TTFT cannot wait one decode step (160 ms)
+    urgent = tpot_snapshot([waiting(1, arrival_s=100.0, pending=1000, slo_ttft_ms=1100, chunkable=False)])
+    assert strat.choose_prefill(urgent, True) is True
+    # the engine would decode, but a waiting request's TTFT slack is below one decode step
+    assert strat.choose_prefill(urgent, False) is True
+    assert strat.choose_prefill(relaxed, False) is False
+
+
+# ---------------------------------------------------------------- fair
+
+
+def fair_snapshot():
+    return snapshot(
+        waiting_seqs=[waiting(1, tenant="a", pending=10), waiting(2, tenant="b", pending=10),
+                      waiting(3, tenant="b", pending=10), waiting(4, pending=50)],
+        running_seqs=[running(10, tenant="a", computed=99), running(11, tenant="b", computed=29),
+                      running(12, tenant="b", computed=0)],
+    )
+
+
+def test_fair_admits_to_the_tenant_with_the_smallest_weighted_share():
+    strat = build_strategy("fair", StrategyOptions(tenant_weights={"a": 2.0}))
+    snap = fair_snapshot()
+    # held: a 100 (weight 2 -> 50), b 30 + 1 = 31, anonymous 0
+    assert strat.usage(snap) == {"": 0.0, "a": 100.0, "b": 31.0}
+    # 4 (anon 0 -> 50), 2 (b 31 -> 41), 3 (b 41 -> 51), 1 (a 50)
+    assert strat.plan_waiting(snap).order == (4, 2, 3, 1)
+    assert strat.order_running(snap) == (11, 12, 10)
+    assert strat.preempt(snap, (11, 12, 10)) == 10
+
+
+def test_fair_with_equal_weights():
+    strat = build_strategy("fair")
+    snap = fair_snapshot()
+    assert strat.plan_waiting(snap).order == (4, 2, 3, 1)  # a: 100, b: 31 -> 41 -> 51, anon: 0 -> 50
+    assert strat.preempt(snap, (11, 12, 10)) == 10
+
+
+# ---------------------------------------------------------------- adaptive
+
+
+def test_adaptive_load_state_has_hysteresis():
+    calm = snapshot(waiting_seqs=[waiting(1, pending=100)])
+    middle = snapshot(waiting_seqs=[waiting(1, pending=100), waiting(2, pending=100)])
+    busy = snapshot(waiting_seqs=[waiting(i, pending=10) for i in range(4)])
+    assert is_busy(busy, False) is True
+    assert is_busy(middle, True) is True and is_busy(middle, False) is False
+    assert is_busy(calm, True) is False
+
+
+def test_adaptive_busy_mode_picks_the_strategy_the_requests_need():
+    assert busy_mode(snapshot(waiting_seqs=[waiting(1, slo_tpot_ms=20.0), waiting(2, tenant="x")])) == "slo_aware"
+    assert busy_mode(snapshot(waiting_seqs=[waiting(1, tenant="x"), waiting(2, tenant="y")])) == "fair"
+    assert busy_mode(snapshot(waiting_seqs=[waiting(1, priority=2), waiting(2)])) == "priority"
+    assert busy_mode(snapshot(waiting_seqs=[waiting(1), waiting(2)])) == "fifo"
+
+
+def test_adaptive_switches_by_load():
+    strat = build_strategy("adaptive")
+    calm = snapshot(step_id=1, waiting_seqs=[waiting(1, arrival_s=99.0, pending=20), waiting(2, arrival_s=99.9, slo_ttft_ms=5000)])
+    assert strat.plan_waiting(calm).order == (1, 2) and strat.mode == "fifo"
+    busy = snapshot(step_id=2, waiting_seqs=[waiting(1, arrival_s=99.0, pending=20), waiting(2, arrival_s=99.9, slo_ttft_ms=500),
+                                             waiting(3, arrival_s=99.9), waiting(4, arrival_s=99.9)])
+    decision = strat.plan_waiting(busy)
+    assert strat.mode == "slo_aware" and decision.order == (2, 1, 3, 4)
+    assert decision.note == "adaptive:slo_aware:edf"
+    assert strat.describe() == "adaptive(slo_aware)"
