@@ -329,8 +329,11 @@ class PeerLink:
             for attempt in range(self.engine.max_retries + 1):
                 failed = []
                 try:
+                    for task in pending:
+                        task.ok = None
                     for task in self.backend.fetch(self, pending):
-                        if checksum(task.dest) != task.checksum:
+                        ok = task.ok if task.ok is not None else checksum(task.dest) == task.checksum
+                        if not ok:
                             failed.append(task)
                 except TransferError:
                     self.close()

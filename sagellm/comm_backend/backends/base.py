@@ -28,6 +28,8 @@ class ChunkTask:
         nbytes: length.
         dest: where it lands (a writable byte ``memoryview`` of ``nbytes``).
         checksum: the expected xxh3-64.
+        ok: whether the landed bytes matched ``checksum``; backends that verify on their own
+            threads set it, otherwise the transport engine verifies (None).
     """
 
     object_index: int
@@ -36,6 +38,7 @@ class ChunkTask:
     nbytes: int
     dest: memoryview
     checksum: int
+    ok: bool | None = None
 
     def wire(self) -> list[int]:
         return [self.src_offset, self.nbytes]
@@ -70,8 +73,9 @@ class TransportBackend(ABC):
     def fetch(self, link: PeerLink, tasks: Sequence[ChunkTask]) -> Iterator[ChunkTask]:
         """Move every task's bytes into ``task.dest``; yield each task once its bytes landed.
 
-        Implementations keep the next chunk moving while the caller verifies the one yielded
-        (the overlap of copy and checksum).
+        Implementations keep the next chunk moving while the one yielded is verified (the
+        overlap of copy and checksum), either by the caller or, having set ``task.ok``, by
+        themselves.
         """
 
     def close(self) -> None:

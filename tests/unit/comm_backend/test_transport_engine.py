@@ -106,7 +106,7 @@ def test_shm_torn_copy_is_read_again(served, monkeypatch):
 
     def torn(self, task):
         calls["n"] += 1
-        first = calls["n"] == 1  # copies run on several threads: decide before copying
+        first = calls["n"] == 1  # stripes copy on several threads: decide before copying
         original(self, task)
         if first:
             task.dest[0] ^= 0x01
