@@ -27,6 +27,15 @@ app = typer.Typer(
 for _name, _module in COMMAND_GROUPS.items():
     app.add_typer(importlib.import_module(_module).app, name=_name)
 
+# single top-level commands: name -> "module:function" (the function keeps heavy imports inside)
+COMMANDS: dict[str, str] = {
+    "quantize": "sagellm.cli.quantize:quantize",
+}
+
+for _name, _target in COMMANDS.items():
+    _module, _, _attr = _target.partition(":")
+    app.command(_name)(getattr(importlib.import_module(_module), _attr))
+
 
 def main() -> None:
     app()

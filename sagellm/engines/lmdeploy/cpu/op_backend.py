@@ -7,6 +7,13 @@ from lmdeploy.pytorch.backends.default import DefaultOpsBackend
 
 from sagellm.accel.kernels.cpu import pack_batch
 
+# weight-quantized layers (sagellm.engines.lmdeploy.cpu.quant_linear): AWQ W4/W8, SmoothQuant int8 run weight-only
+_QUANT_BUILDERS = {
+    OpType.LinearW4A16: "CpuLinearW4A16Builder",
+    OpType.LinearW8A8: "CpuLinearW8A16Builder",
+    OpType.RMSNormW8A8: "CpuRMSNormW8A16Builder",
+}
+
 
 class CpuOpsBackend(DefaultOpsBackend):
     @staticmethod
@@ -19,6 +26,10 @@ class CpuOpsBackend(DefaultOpsBackend):
             from sagellm.engines.lmdeploy.cpu.attention import CpuPagedAttentionBuilder
 
             return CpuPagedAttentionBuilder
+        if layer_type in _QUANT_BUILDERS:
+            from sagellm.engines.lmdeploy.cpu import quant_linear
+
+            return getattr(quant_linear, _QUANT_BUILDERS[layer_type])
         return super().get_layer_impl_builder(layer_type)
 
     @staticmethod
