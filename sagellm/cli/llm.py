@@ -75,6 +75,7 @@ def start(
         sample_request=options.sample,
         kv_transport=options.kv_transport_config(),
         kv_tiers=options.kv_tier_config(),
+        pd=options.pd_config(),
     )
     entry = local_engines.LocalEngineRecord(
         pid=os.getpid(),

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 from sagellm.core.config import option_specs
 from sagellm.core.serialization import encode
 from sagellm.core.validation import check_choice, check_float, check_int, check_str, invalid
+from sagellm.comm_backend.pd_config import PDConfig
 from sagellm.kv_runtime.config import KVTierConfig
 
 ENGINE_KINDS: tuple[str, ...] = ("sagellm",)
@@ -98,6 +99,11 @@ class EngineStartConfig:
         metadata={"help": "KV transport: preset=NAME (high-bw, low-latency, low-cost) and/or field=value pairs, "
                           "e.g. backend=shm,chunk_bytes=4MiB; None: no transport configured"},
     )
+    role: str = _same_as(PDConfig, "role")
+    pd_listen: str = _same_as(PDConfig, "pd_listen")
+    pd_peers: tuple[str, ...] = _same_as(PDConfig, "pd_peers")
+    pd_buffer_gib: float = _same_as(PDConfig, "pd_buffer_gib")
+    pd_wait_s: float = _same_as(PDConfig, "pd_wait_s")
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -129,6 +135,10 @@ class EngineStartConfig:
             self.kv_tier_config()
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{owner}.{exc}") from None
+        try:
+            self.pd_config()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{owner}.{exc}") from None
         if self.kv_transport is not None:
             from sagellm.comm_backend.transport_config import parse_kv_transport
 
@@ -143,6 +153,11 @@ class EngineStartConfig:
             kv_tiers=tuple(self.kv_tiers), host_cache_gib=self.host_cache_gib, ssd_cache_dir=self.ssd_cache_dir,
             ssd_cache_gib=self.ssd_cache_gib, kv_policy=self.kv_policy,
         )
+
+    def pd_config(self) -> PDConfig:
+        """The prefill/decode disaggregation role and its transfer settings (validated)."""
+        return PDConfig(role=self.role, pd_listen=self.pd_listen, pd_peers=tuple(self.pd_peers),
+                        pd_buffer_gib=self.pd_buffer_gib, pd_wait_s=self.pd_wait_s)
 
     def kv_transport_config(self):
         """The parsed ``KVTransportConfig``, or None when ``kv_transport`` is unset."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sagellm.control_plane.ports import SagePorts
 
 if TYPE_CHECKING:
+    from sagellm.comm_backend.pd_config import PDConfig
     from sagellm.comm_backend.transport_config import KVTransportConfig
     from sagellm.kv_runtime.config import KVTierConfig
 
@@ -44,6 +45,7 @@ class EngineServerConfig:
     sample_request: bool = True
     kv_transport: KVTransportConfig | None = None
     kv_tiers: KVTierConfig | None = None  # None: the SAGELLM_* environment decides
+    pd: PDConfig | None = None  # prefill/decode role; None: the SAGELLM_* environment decides
 
     def __post_init__(self) -> None:
         if self.cache_max_entry_count is not None and not 0 < self.cache_max_entry_count < 1:
@@ -166,6 +168,12 @@ def serve(config: EngineServerConfig, device_type: str) -> None:
         # the engine process (a child) installs the tiers from these variables
         os.environ.update(tier_environment(config.kv_tiers))
         print(f"[sagellm] KV tiers: {','.join(config.kv_tiers.kv_tiers)} (policy {config.kv_tiers.kv_policy})", flush=True)
+    if config.pd is not None:
+        from sagellm.comm_backend.pd_config import to_environment as pd_environment
+
+        os.environ.update(pd_environment(config.pd))  # the pd plugin in the engine process reads these
+        if config.pd.role != "both":
+            print(f"[sagellm] PD role: {config.pd.role}", flush=True)
     if config.sample_request:
         threading.Thread(
             target=_print_sample_request, args=(base_url, model_name, config.api_keys), daemon=True
