@@ -61,3 +61,18 @@ def show_command(
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     typer.echo(config.to_json(indent=2))
+
+
+@app.command("backends")
+def backends_command(
+    as_json: bool = typer.Option(False, "--json", help="Print {backend: null if usable, else why not} as JSON."),
+) -> None:
+    """List the transport backends and whether each can run here (Mooncake/DLSlime need their packages)."""
+    from sagellm.comm_backend.engine import backend_status
+
+    status = backend_status()
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    for name, reason in status.items():
+        typer.echo(f"  {name:<11} {'usable' if reason is None else 'unavailable: ' + reason}")

@@ -120,7 +120,7 @@ class PDKVHooks(KVCacheHooks):
             print(f"[sagellm] PD prefill: KV transfer server at {self.server.address} "
                   f"({slots} blocks of {self._block_bytes} bytes in shared memory)", flush=True)
         else:
-            self.engine = TransportEngine(self.transport, io_timeout_s=30.0)
+            self.engine = TransportEngine(self.transport, io_timeout_s=10.0)
             print(f"[sagellm] PD decode: pulling KV from {', '.join(self.config.pd_peers)} over {self.transport.backend}", flush=True)
         self.enabled = True
 
