@@ -19,7 +19,7 @@ timeout raise :class:`TransferError`. Bytes, seconds, latency and re-sent chunks
 ``sagellm.telemetry``.
 
 The control connection speaks :mod:`sagellm.comm_backend.protocol` frames: ``hello``
-(backend, handshake data), ``lookup``, ``release``, then the backend's own ops.
+(backend, handshake data), ``lookup``, ``release`` (one-way), then the backend's own ops.
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ class TransportServer:
                         keys = [bytes.fromhex(k) for k in header.get("keys", [])]
                         self.buffer.release(keys)
                         pinned.difference_update(keys)
-                        send_frame(sock, {"ok": True})
+                        if header.get("reply", True):
+                            send_frame(sock, {"ok": True})
                     elif backend is not None and op in backend.server_ops:
                         backend.server_handle(self.buffer, sock, header)
                     else:
@@ -296,10 +297,15 @@ class PeerLink:
         return objects
 
     def release(self, keys: Sequence[bytes]) -> None:
+        """End the pins of a lookup (one-way: no reply is awaited, saving a round trip)."""
         if not keys or self.closed:
             return
         with self._lock:
-            self._call({"op": "release", "keys": [k.hex() for k in keys]})
+            try:
+                send_frame(self.control, {"op": "release", "keys": [k.hex() for k in keys], "reply": False})
+            except OSError as exc:
+                self.close()
+                raise TransferError(f"transport peer {self.address}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ data
     def read(self, objects: Sequence[StoredObject], dests: Sequence[memoryview]) -> TransferStats:

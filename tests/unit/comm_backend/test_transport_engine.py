@@ -214,3 +214,15 @@ def test_read_from_another_process(backend):
     assert os.path.exists("/dev/shm") is False or not any(
         name.startswith(f"sagellm-kv-{child.pid}-") for name in os.listdir("/dev/shm")
     )
+
+
+def test_release_is_one_way_but_unpins_in_order():
+    buf = TransferBuffer(16, 1, chunk_bytes=16, shared=False, lease_s=60)
+    buf.put(b"a", b"", b"a" * 16)
+    with TransportServer(buf) as server, engine("tcp").connect(server.address) as link:
+        link.lookup([b"a"])
+        assert buf.put(b"b", b"", b"b" * 16) is None  # pinned by the link
+        link.release([b"a"])
+        assert link.lookup([b"zz"]) == []  # a round trip after the release: the server has processed it
+        assert buf.put(b"b", b"", b"b" * 16) is not None
+    buf.close()
