@@ -218,7 +218,7 @@ def test_decode_engine_killed_mid_request_is_retried_on_the_other(cluster):
     thread = threading.Thread(target=call)
     thread.start()
     flight = _wait_phase(router.router, "decode")
-    time.sleep(0.5)  # let it generate a while
+    time.sleep(0.2)  # let it generate a while
     victim = next(d for d in cluster["decodes"] if d.base_url == flight["decode"])
     _kill(victim)
     thread.join(180)
