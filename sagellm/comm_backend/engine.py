@@ -132,6 +132,7 @@ class TransportServer:
                 sock, _ = self._listener.accept()
             except OSError:
                 return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._connections.add(sock)
             thread = threading.Thread(target=self._serve, args=(sock,), name="sagellm-transport-conn", daemon=True)
@@ -257,6 +258,8 @@ class PeerLink:
         except OSError as exc:
             raise TransferError(f"cannot connect to transport peer {address}: {exc}") from exc
         self.control.settimeout(engine.io_timeout_s)
+        # small frames back to back (a one-way release, then a lookup): no Nagle/delayed-ACK stalls
+        self.control.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.backend_name = self.config.backend
         self.backend = _backend(self.backend_name)
         try:
