@@ -215,7 +215,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="1,4,16,64,256", help="payload sizes in MiB")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--chunk-bytes", default="1MiB", help="transport chunk size (default 1MiB: verified while in L2)")
+    parser.add_argument("--chunk-bytes", default="256KiB", help="transport chunk size (default 256KiB: each chunk is verified while still in L2)")
     parser.add_argument("--streams", type=int, default=1, help="overlap_streams: shm copy stripes (default 1)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads of the baseline copy (default 1)")
     parser.add_argument("--output-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
