@@ -157,7 +157,7 @@ class KVTransportConfig(SerializableMixin):
             raise ValueError(f"{where}{exc}") from None
 
     def describe(self) -> str:
-        """One line for logs: ``preset=low-latency backend=shm chunk=1MiB ...``."""
+        """One line for logs: ``preset=low-latency backend=shm chunk=256KiB ...``."""
         head = f"preset={self.preset} " if self.preset else ""
         return (
             f"{head}backend={self.backend} target_dtype={self.target_dtype} chunk={format_size(self.chunk_bytes)} "

@@ -27,7 +27,7 @@ def test_presets_load_and_validate():
         "torch_dist", 16 << 20, 4, True, "high-bw"
     )
     low = presets.get("low-latency").config
-    assert (low.backend, low.chunk_bytes, low.prefetch_depth) == ("shm", 1 << 20, 1)
+    assert (low.backend, low.chunk_bytes, low.prefetch_depth) == ("shm", 256 << 10, 1)
     cheap = presets.get("low-cost").config
     assert (cheap.backend, cheap.compression, cheap.zero_copy) == ("tcp", "lz4", False)
     assert all(presets.get(n).description for n in presets.names())
