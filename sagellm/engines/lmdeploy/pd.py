@@ -48,6 +48,8 @@ from sagellm.telemetry import metrics
 logger = logging.getLogger("sagellm.pd")
 
 _GIB = 1 << 30
+#: after a peer failed (unreachable, refused, foreign), skip it this long before trying again
+PEER_BACKOFF_S = 5.0
 
 
 class PDStats:
@@ -83,6 +85,7 @@ class PDKVHooks(KVCacheHooks):
         self.server: TransportServer | None = None
         self.engine: TransportEngine | None = None
         self._links: dict = {}
+        self._down_until: dict[str, float] = {}
         self._expected: dict[int, list[bytes]] = {}
         self._staging: torch.Tensor | None = None
         self._namespaces: dict[str, bytes] = {}
@@ -200,12 +203,15 @@ class PDKVHooks(KVCacheHooks):
 
     def _lookup(self, keys: list[bytes]):
         for peer in self.config.pd_peers:
+            if time.monotonic() < self._down_until.get(peer, 0.0):
+                continue
             try:
                 link = self._link_to(peer)
                 objects = link.lookup(keys, wait_s=self.config.pd_wait_s)
             except TransferError as exc:
-                logger.warning("PD peer %s: %s", peer, exc)
+                logger.warning("PD peer %s: %s (skipped for %.0f s)", peer, exc, PEER_BACKOFF_S)
                 self._links.pop(peer, None)
+                self._down_until[peer] = time.monotonic() + PEER_BACKOFF_S
                 continue
             if objects:
                 return link, objects

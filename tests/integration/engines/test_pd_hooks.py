@@ -142,11 +142,13 @@ def test_corrupted_blocks_are_recomputed_and_their_device_blocks_freed(prefill):
 
 def test_other_tokens_miss_and_a_dead_or_foreign_peer_is_skipped(prefill):
     run_prefill(prefill, 1, FIRST)
-    decode = decode_side(prefill, "tcp", peers=(f"127.0.0.1:{SagePorts.allocate()}", prefill.hooks.server.address))
+    dead = f"127.0.0.1:{SagePorts.allocate()}"
+    decode = decode_side(prefill, "tcp", peers=(dead, prefill.hooks.server.address))
     foreign = decode_side(prefill, "tcp", model="another-model")
     try:
         seq = schedule_decode(decode, 1, [100, 101, 102, 103, 5, 6, 7, 8, 9])  # first block shared, second not
         assert decode.hooks.stats.pulled_blocks == 1 and seq.num_history_ids == 4
+        assert list(decode.hooks._down_until) == [dead]  # not asked again for a while
         seq = schedule_decode(foreign, 1, FIRST + [300])
         assert foreign.hooks.stats.pulled_blocks == 0 and seq.num_history_ids == 0
     finally:
