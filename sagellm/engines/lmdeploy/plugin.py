@@ -23,6 +23,7 @@ PLUGINS.register("auth", "sagellm.engines.lmdeploy.auth:register_auth")
 PLUGINS.register("metrics", "sagellm.engines.lmdeploy.metrics_hook:register_metrics")
 PLUGINS.register("mp_handshake", "sagellm.engines.lmdeploy.mp_handshake:register_mp_handshake")
 PLUGINS.register("scheduler", "sagellm.engines.lmdeploy.scheduling:install_scheduler")
+PLUGINS.register("slowdown", "sagellm.engines.lmdeploy.slowdown:register_slowdown")
 
 _installed: set[str] = set()
 
