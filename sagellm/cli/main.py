@@ -15,6 +15,7 @@ COMMAND_GROUPS: dict[str, str] = {
     "patches": "sagellm.cli.patches",
     "gateway": "sagellm.cli.gateway",
     "transport": "sagellm.cli.transport",
+    "bench": "sagellm.cli.bench",
 }
 
 app = typer.Typer(

@@ -1,0 +1,75 @@
+"""How each peer is started: command lines, environment, the KV budget and peer parsing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sagellm.bench.peers import (
+    LMDEPLOY_CACHE_FRACTION, PeerSpec, ServerProfile, _command, kv_bytes_per_token, lmdeploy_memory_budget_gib,
+    parse_peers,
+)
+
+SHAPE = {"num_layers": 4, "num_kv_heads": 2, "head_dim": 64, "vocab_size": 4096}
+PROFILE = ServerProfile(kv_blocks=100, max_batch_size=8, max_model_len=2048)
+
+
+def command(kind: str):
+    return _command(PeerSpec(kind, kind), "/m", 1234, PROFILE, SHAPE, Path("/venv/bin/python"), Path("/scratch"))
+
+
+def test_lmdeploy_budget_reproduces_its_block_count():
+    block = kv_bytes_per_token(SHAPE, "float32") * 64
+    assert block == 2 * 4 * 2 * 64 * 4 * 64
+    free = lmdeploy_memory_budget_gib(SHAPE, PROFILE) * 2**30
+    runtime = (4096 + 2 * 8) * 4096 * 2  # LMDeploy's runtime estimate
+    assert int((free - runtime) * LMDEPLOY_CACHE_FRACTION / block) == 100
+
+
+def test_sagellm_command():
+    cmd, env = command("sagellm")
+    assert cmd[:7] == [sys.executable, "-m", "sagellm.cli.main", "llm", "engine", "start", "/m"]
+    assert cmd[cmd.index("--port") + 1] == "1234" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--kv-tiers") + 1] == "device,host" and "--prefix-caching" in cmd
+    assert env["SAGELLM_PLUGINS"] == "all" and float(env["SAGELLM_CPU_MEMORY_GIB"]) == lmdeploy_memory_budget_gib(SHAPE, PROFILE)
+
+
+def test_stock_command_has_only_the_cpu_device_plugin():
+    cmd, env = command("lmdeploy-stock")
+    assert cmd[:6] == [sys.executable, "-m", "lmdeploy", "serve", "api_server", "/m"]
+    assert env["SAGELLM_PLUGINS"] == "cpu"
+    for flag, value in (("--device", "cpu"), ("--server-name", "127.0.0.1"), ("--cache-block-seq-len", "64"),
+                        ("--session-len", "2048"), ("--max-batch-size", "8")):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "--enable-prefix-caching" in cmd
+
+
+def test_vllm_command_same_budget():
+    cmd, env = command("vllm")
+    assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--num-gpu-blocks-override") + 1] == "101"  # + vLLM's null block
+    assert cmd[cmd.index("--max-model-len") + 1] == "2048" and cmd[cmd.index("--block-size") + 1] == "64"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_parse_peers():
+    peers = parse_peers("sagellm,slow=sagellm,vllm", ["gpu=http://h:8000@42"], ["slow:SAGELLM_BENCH_INJECT_DELAY_MS=300"])
+    assert [(p.name, p.kind) for p in peers] == [("sagellm", "sagellm"), ("slow", "sagellm"), ("vllm", "vllm"),
+                                                 ("gpu", "endpoint")]
+    assert peers[1].env == (("SAGELLM_BENCH_INJECT_DELAY_MS", "300"),)
+    assert peers[3].url == "http://h:8000" and peers[3].pid == 42
+    with pytest.raises(ValueError, match="unknown kind 'tgi'"):
+        parse_peers("tgi")
+    with pytest.raises(ValueError, match="repeated: sagellm"):
+        parse_peers("sagellm,sagellm")
+    with pytest.raises(ValueError, match="unknown peer"):
+        parse_peers("sagellm", (), ["vllm:A=1"])
+
+
+def test_profile_validation():
+    with pytest.raises(ValueError, match="power of two"):
+        ServerProfile(block_size=48)
+    with pytest.raises(ValueError, match="exceeds the KV budget"):
+        ServerProfile(kv_blocks=16, max_model_len=4096)
