@@ -22,6 +22,7 @@ PLUGINS.register("pd", "sagellm.engines.lmdeploy.pd:install_pd")
 PLUGINS.register("auth", "sagellm.engines.lmdeploy.auth:register_auth")
 PLUGINS.register("metrics", "sagellm.engines.lmdeploy.metrics_hook:register_metrics")
 PLUGINS.register("mp_handshake", "sagellm.engines.lmdeploy.mp_handshake:register_mp_handshake")
+PLUGINS.register("spec_decode", "sagellm.engines.lmdeploy.spec_decode:install_spec_decode")
 PLUGINS.register("scheduler", "sagellm.engines.lmdeploy.scheduling:install_scheduler")
 PLUGINS.register("slowdown", "sagellm.engines.lmdeploy.slowdown:register_slowdown")
 
