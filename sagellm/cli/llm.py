@@ -76,6 +76,7 @@ def start(
         kv_transport=options.kv_transport_config(),
         kv_tiers=options.kv_tier_config(),
         pd=options.pd_config(),
+        scheduler=options.scheduler_config(),
     )
     entry = local_engines.LocalEngineRecord(
         pid=os.getpid(),

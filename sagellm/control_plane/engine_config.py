@@ -24,6 +24,7 @@ from sagellm.core.serialization import encode
 from sagellm.core.validation import check_choice, check_float, check_int, check_str, invalid
 from sagellm.comm_backend.pd_config import PDConfig
 from sagellm.kv_runtime.config import KVTierConfig
+from sagellm.scheduler_ir.config import SchedulerConfig
 
 ENGINE_KINDS: tuple[str, ...] = ("sagellm",)
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
@@ -104,6 +105,14 @@ class EngineStartConfig:
     pd_peers: tuple[str, ...] = _same_as(PDConfig, "pd_peers")
     pd_buffer_gib: float = _same_as(PDConfig, "pd_buffer_gib")
     pd_wait_s: float = _same_as(PDConfig, "pd_wait_s")
+    scheduler: str = _same_as(SchedulerConfig, "scheduler")
+    sched_trace: Optional[str] = _same_as(SchedulerConfig, "sched_trace")
+    sched_aging_s: float = _same_as(SchedulerConfig, "sched_aging_s")
+    sched_chunk_tokens: int = _same_as(SchedulerConfig, "sched_chunk_tokens")
+    sched_on_unattainable: Literal["reject", "defer"] = _same_as(SchedulerConfig, "sched_on_unattainable")
+    sched_tenant_weights: dict[str, float] = field(
+        default_factory=dict, metadata=dict(SchedulerConfig.__dataclass_fields__["sched_tenant_weights"].metadata)
+    )
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -139,6 +148,10 @@ class EngineStartConfig:
             self.pd_config()
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{owner}.{exc}") from None
+        try:
+            self.scheduler_config()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{owner}.{exc}") from None
         if self.kv_transport is not None:
             from sagellm.comm_backend.transport_config import parse_kv_transport
 
@@ -158,6 +171,14 @@ class EngineStartConfig:
         """The prefill/decode disaggregation role and its transfer settings (validated)."""
         return PDConfig(role=self.role, pd_listen=self.pd_listen, pd_peers=tuple(self.pd_peers),
                         pd_buffer_gib=self.pd_buffer_gib, pd_wait_s=self.pd_wait_s)
+
+    def scheduler_config(self) -> SchedulerConfig:
+        """The scheduling strategy and its options (validated)."""
+        return SchedulerConfig(
+            scheduler=self.scheduler, sched_trace=self.sched_trace, sched_aging_s=self.sched_aging_s,
+            sched_chunk_tokens=self.sched_chunk_tokens, sched_on_unattainable=self.sched_on_unattainable,
+            sched_tenant_weights=dict(self.sched_tenant_weights),
+        )
 
     def kv_transport_config(self):
         """The parsed ``KVTransportConfig``, or None when ``kv_transport`` is unset."""
@@ -217,6 +238,8 @@ def engine_start_args(config: EngineStartConfig) -> list[str]:
             args.append(spec.flag if value else "--no-" + spec.flag[2:])
         elif isinstance(value, tuple):
             args += [spec.flag, ",".join(value)]
+        elif isinstance(value, dict):
+            args += [spec.flag, ",".join(f"{k}={v!r}" for k, v in sorted(value.items()))]
         else:
             args += [spec.flag, str(value)]
     return args

@@ -8,9 +8,12 @@ answer on LMDeploy's objects:
 hook (patch 0004)           what happens here
 ==========================  ==================================================================
 ``request_metadata``        server process: the metadata ``SchedulingMiddleware`` parsed
-``order_waiting``           prefill order; refused requests end now with an error (reason in
-                            the text; the server turns it into HTTP 503); deferred ones wait
-``before_admission``        a long prompt chosen for chunking is cut to this step's chunk
+``order_waiting``           prefill order: this step's candidates, then the other waiting
+                            sequences (their blocks are the first evicted for the candidates);
+                            refused requests end now with an error (reason in the text; the
+                            server turns it into HTTP 503)
+``stop_admission``          admission stops at the first non-candidate; a long prompt chosen
+                            for chunking is cut to this step's chunk
 ``order_running``           who gets decode blocks first
 ``preempt``                 who gives up its blocks
 ``choose_prefill``          prefill or decode next
@@ -85,6 +88,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self.step = 0
         self._chunks: dict[int, _Chunk] = {}
         self._chunk_ends: dict[int, int] = {}
+        self._candidates: set[int] | None = None  # None: no veto (passthrough)
         self._first_token_s: dict[int, float] = {}
         self._last_output_s = 0.0
         self._scheduled_s = {True: 0.0, False: 0.0}  # is_prefill -> time the last such step was scheduled
@@ -115,6 +119,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
     def order_waiting(self, scheduler, waiting):
         self._restore_unadmitted(scheduler)
         self._chunk_ends = {}
+        self._candidates = None
         self._scheduled_s[True] = time.time()
         if self.passthrough:
             return waiting
@@ -125,16 +130,22 @@ class SagellmSchedulerHooks(SchedulerHooks):
         for seq_id, reason in step.rejected.items():
             self._reject(scheduler, by_id[seq_id], reason)
         self._chunk_ends = dict(step.chunk_ends)
-        return [by_id[seq_id] for seq_id in step.order]
+        self._candidates = set(step.order)
+        others = [seq for seq in waiting if seq.seq_id not in self._candidates and seq.seq_id not in step.rejected]
+        return [by_id[seq_id] for seq_id in step.order] + others
 
-    def before_admission(self, scheduler, seq) -> None:
+    def stop_admission(self, scheduler, seq) -> bool:
+        if self._candidates is None:
+            return False
+        if seq.seq_id not in self._candidates:
+            return True
         end = self._chunk_ends.get(seq.seq_id)
-        if end is None or not seq.num_history_ids < end < seq.num_all_ids:
-            return
-        tail = np.array(seq.history_cache[end:seq.num_all_ids], copy=True)
-        seq.history_cache.resize(end)
-        seq._num_token_ids = end - seq.num_history_ids
-        self._chunks[seq.seq_id] = _Chunk(seq, end, tail)
+        if end is not None and seq.num_history_ids < end < seq.num_all_ids:
+            tail = np.array(seq.history_cache[end:seq.num_all_ids], copy=True)
+            seq.history_cache.resize(end)
+            seq._num_token_ids = end - seq.num_history_ids
+            self._chunks[seq.seq_id] = _Chunk(seq, end, tail)
+        return False
 
     def order_running(self, scheduler, running):
         self._scheduled_s[False] = time.time()

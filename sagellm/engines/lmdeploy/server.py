@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sagellm.comm_backend.pd_config import PDConfig
     from sagellm.comm_backend.transport_config import KVTransportConfig
     from sagellm.kv_runtime.config import KVTierConfig
+    from sagellm.scheduler_ir.config import SchedulerConfig
 
 CPU_DEFAULT_CACHE_FRACTION = 0.1
 
@@ -46,6 +47,7 @@ class EngineServerConfig:
     kv_transport: KVTransportConfig | None = None
     kv_tiers: KVTierConfig | None = None  # None: the SAGELLM_* environment decides
     pd: PDConfig | None = None  # prefill/decode role; None: the SAGELLM_* environment decides
+    scheduler: SchedulerConfig | None = None  # scheduling strategy; None: the SAGELLM_* environment decides
 
     def __post_init__(self) -> None:
         if self.cache_max_entry_count is not None and not 0 < self.cache_max_entry_count < 1:
@@ -174,6 +176,13 @@ def serve(config: EngineServerConfig, device_type: str) -> None:
         os.environ.update(pd_environment(config.pd))  # the pd plugin in the engine process reads these
         if config.pd.role != "both":
             print(f"[sagellm] PD role: {config.pd.role}", flush=True)
+    if config.scheduler is not None:
+        from sagellm.scheduler_ir.config import to_environment as scheduler_environment
+
+        os.environ.update(scheduler_environment(config.scheduler))  # the scheduler plugin in the engine process reads these
+        if config.scheduler.scheduler != "fifo" or config.scheduler.sched_trace:
+            trace = f" (plan trace {config.scheduler.sched_trace})" if config.scheduler.sched_trace else ""
+            print(f"[sagellm] scheduler: {config.scheduler.scheduler}{trace}", flush=True)
     if config.sample_request:
         threading.Thread(
             target=_print_sample_request, args=(base_url, model_name, config.api_keys), daemon=True

@@ -7,7 +7,10 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
       ttft_slack = slo_ttft_ms - waited_ms - inflight_ms - prefill_ms(pending tokens)
 
   (``default_ttft_ms`` stands in for requests without a TTFT target, so they are not starved).
-  Preempted requests, which already produced tokens, go first.
+  Preempted requests, which already produced tokens, go first, then prompts whose prefill is
+  under way (earlier chunks hold KV blocks), in engine order: a later candidate can only evict
+  the blocks of sequences behind it, so a split prompt always progresses and two split prompts
+  never take turns evicting each other.
 - **Admission control**: walking that order, a request whose estimated first token
   (waited + the prefills ahead of it + its own) comes after its TTFT target, or whose TPOT
   target is below the engine's decode time per token, cannot meet its SLO. It is rejected
@@ -87,8 +90,9 @@ class SloAwareStrategy(SchedulingStrategy):
         options, cost = self.options, snapshot.cost
         index = {s.seq_id: i for i, s in enumerate(snapshot.waiting)}
         resumed = [s for s in snapshot.waiting if s.generated_tokens > 0]
+        started = [s for s in snapshot.waiting if s.generated_tokens == 0 and _prefill_started(s)]
         fresh = sorted(
-            (s for s in snapshot.waiting if s.generated_tokens == 0),
+            (s for s in snapshot.waiting if s.generated_tokens == 0 and not _prefill_started(s)),
             key=lambda s: (self.ttft_slack_ms(snapshot, s), index[s.seq_id]),
         )
         order: list[int] = []
@@ -100,7 +104,7 @@ class SloAwareStrategy(SchedulingStrategy):
             order.append(seq.seq_id)
             queue_ms += cost.prefill_ms(seq.pending_tokens)
             batch += 1
-        for seq in fresh:
+        for seq in started + fresh:
             reason = self._unattainable(snapshot, seq, queue_ms, batch, len(order))
             if reason is None:
                 order.append(seq.seq_id)
@@ -158,3 +162,8 @@ class SloAwareStrategy(SchedulingStrategy):
         if not engine_choice and urgent_slack <= decode_step_ms:
             return True
         return engine_choice
+
+
+def _prefill_started(seq: SeqView) -> bool:
+    """A waiting prompt whose earlier chunks are computed and still hold blocks."""
+    return seq.computed_tokens > 0 and seq.num_blocks > 0

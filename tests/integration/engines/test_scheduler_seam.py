@@ -15,6 +15,7 @@ import pytest
 from lmdeploy.messages import ResponseType
 from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
 from lmdeploy.pytorch.messages import MessageStatus, SequenceMeta, UpdateTokenMode
+from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
 from lmdeploy.pytorch.paging.scheduler import Scheduler
 from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
 from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
@@ -56,9 +57,11 @@ def install(scheduler_name="fifo", **options):
 
 @pytest.fixture(autouse=True)
 def restore_hooks():
-    previous = get_sched_hooks()
+    previous, previous_kv = get_sched_hooks(), get_kv_hooks()
+    set_kv_hooks(None)  # KV-tier hooks an engine in this process installed would see foreign block sizes
     yield
     set_sched_hooks(previous)
+    set_kv_hooks(previous_kv)
 
 
 def add(scheduler, session_id, tokens, **meta):
@@ -186,8 +189,8 @@ def test_a_cut_that_was_not_admitted_is_undone_next_step():
     hooks = install("slo_aware", sched_chunk_tokens=8)
     scheduler = make_scheduler()
     seq = add(scheduler, 0, list(range(20)), slo_ttft_ms=60_000)
-    hooks._chunk_ends = {seq.seq_id: 8}
-    hooks.before_admission(scheduler, seq)  # cut, but (say) eviction failed: it stays waiting
+    hooks._chunk_ends, hooks._candidates = {seq.seq_id: 8}, {seq.seq_id}
+    assert hooks.stop_admission(scheduler, seq) is False  # cut, but (say) eviction failed: it stays waiting
     assert seq.num_token_ids == 8 and seq.status == MessageStatus.WAITING
     hooks.order_waiting(scheduler, [seq])
     assert seq.num_token_ids == 20
@@ -208,3 +211,19 @@ def test_an_unattainable_request_ends_with_the_reason_and_leaves_the_queue():
     assert err_msg.startswith(f"{REJECT_MARKER} the slo_aware scheduler rejected the request: slo_ttft_ms=50 cannot be met")
     assert hooks.rejected == 1
     assert scheduler.schedule(is_prefill=True).running == []  # nothing left waiting
+
+
+def test_blocks_of_a_deferred_request_are_evicted_for_the_candidates():
+    """Non-candidates stay in LMDeploy's waiting list after the candidates: evictable, never admitted."""
+    install("slo_aware", sched_chunk_tokens=8, sched_on_unattainable="defer")
+    scheduler = make_scheduler(num_blocks=3)
+    held = add(scheduler, 0, list(range(28)), slo_ttft_ms=1000.0)
+    out = scheduler.schedule(is_prefill=True)  # its first 8-token chunk
+    step_outputs(scheduler, out.running, is_decoding=False)
+    assert (held.status, held.num_history_ids, held.num_blocks) == (MessageStatus.WAITING, 8, 2)
+    held.request_metadata["arrival_time"] = time.time() - 10.0  # now it cannot meet its TTFT: deferred
+    fresh = add(scheduler, 1, list(range(100, 128)), slo_ttft_ms=60_000.0)  # its first chunk needs 2 of 3 blocks
+    out = scheduler.schedule(is_prefill=True)
+    assert out.running == [fresh]
+    assert fresh.num_token_ids == 8  # its own first chunk; the deferred request gave up its blocks
+    assert (held.status, held.num_history_ids, held.num_blocks) == (MessageStatus.WAITING, 0, 0)

@@ -143,6 +143,17 @@ def test_slo_aware_resumes_preempted_requests_first():
     assert strat.plan_waiting(snap).order == (2, 1)
 
 
+def test_slo_aware_continues_started_prefills_before_fresh_ones():
+    strat = build_strategy("slo_aware")
+    snap = snapshot(now_s=100.0, waiting_seqs=[
+        waiting(1, arrival_s=100.0, slo_ttft_ms=5000),                                        # tightest, fresh
+        waiting(2, arrival_s=99.0, computed_tokens=64, num_blocks=4, pending=100, slo_ttft_ms=60_000),
+        waiting(3, arrival_s=98.0, computed_tokens=32, num_blocks=2, pending=100, slo_ttft_ms=90_000),
+        waiting(4, arrival_s=97.0, computed_tokens=64, num_blocks=0, pending=100, slo_ttft_ms=90_000),  # evicted
+    ])
+    assert strat.plan_waiting(snap).order == (2, 3, 1, 4)
+
+
 def tpot_snapshot(waiting_seqs=()):
     # running 9: 21 tokens, first one 1000 ms ago, 50 ms/token target, next step 16 loops of 10 ms:
     #   slack = 50 * (20 + 16) - 1000 - 160 = 640 ms; running 8 has no TPOT target (infinite slack)
