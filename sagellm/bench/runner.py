@@ -159,17 +159,29 @@ def aggregate(results: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
         grouped.setdefault((r["scenario"], r["peer"]), []).append(r["metrics"])
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for (scenario, peer), runs in grouped.items():
-        merged: dict[str, Any] = {}
-        for key in runs[0]:
-            values = [m.get(key) for m in runs]
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None) and \
-                    any(v is not None for v in values):
-                merged[key] = median(values)
-            else:
-                merged[key] = values[-1] if len(runs) == 1 else values
+        merged = _merge([m for m in runs])
         merged["repetitions"] = len(runs)
         out.setdefault(scenario, {})[peer] = merged
     return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _merge(runs: list[dict]) -> dict[str, Any]:
+    """Key-wise median of numbers (None ignored), recursively for dicts; other values from the last run."""
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for m in runs for k in m):
+        values = [m.get(key) for m in runs]
+        present = [v for v in values if v is not None]
+        if present and all(_is_number(v) for v in present):
+            merged[key] = median(present)
+        elif present and all(isinstance(v, dict) for v in present):
+            merged[key] = _merge(present)
+        else:
+            merged[key] = present[-1] if present else None
+    return merged
 
 
 def ratios(summary: dict[str, dict[str, dict[str, Any]]], reference: str) -> dict[str, dict[str, dict[str, float | None]]]:

@@ -164,7 +164,7 @@ def _gate() -> Suite:
             Scenario("docqa_c2", WorkloadSpec("docqa", {"documents": 6, "questions": 2, "output_tokens": 16}, seed=12),
                      LoadPattern("closed", 2), _CHAT_SLO, warmup_requests=1),
         )),),
-        repetitions=2,
+        repetitions=3,
         reference="lmdeploy-stock",
         default_peers="sagellm,lmdeploy-stock",
     )

@@ -140,6 +140,9 @@ def gate_cmd(
     peers: Optional[str] = typer.Option(None, help="Peers to start (default: the baseline's candidate and reference)."),
     peer_env: list[str] = typer.Option([], help="Environment for a started peer, PEER:KEY=VALUE (repeatable)."),
     record: bool = typer.Option(False, "--record", help="Write the measured ratios as the new baseline (keeps tolerances)."),
+    self_test: bool = typer.Option(False, "--self-test", help="Also run a copy of the candidate slowed down by the "
+                                   "`slowdown` plugin in the same run, and fail unless the gate catches it."),
+    inject_delay_ms: float = typer.Option(500.0, help="Delay per generation request of the slowed copy (--self-test)."),
     out: Optional[Path] = typer.Option(None, help="Where the run's report goes (default: benchmarks/results/tmp)."),
     progress: bool = typer.Option(True, help="Progress bar on stderr."),
 ) -> None:
@@ -155,6 +158,7 @@ def gate_cmd(
     from sagellm.bench.machine import REPO_ROOT
 
     baseline = baseline or REPO_ROOT / "benchmarks" / "baselines" / "gate-cpu.json"
+    slowed = "slowed"
     try:
         base = load_baseline(baseline)
     except (OSError, ValueError, TypeError) as err:
@@ -166,8 +170,13 @@ def gate_cmd(
             _fail(str(err))
     else:
         suite = replace(get_suite(base.suite), reference=base.reference)
+        peer_list = peers or f"{base.candidate},{base.reference}"
+        env = list(peer_env)
+        if self_test:
+            peer_list += f",{slowed}={base.candidate}"
+            env.append(f"{slowed}:SAGELLM_BENCH_INJECT_DELAY_MS={inject_delay_ms:g}")
         try:
-            specs = parse_peers(peers or f"{base.candidate},{base.reference}", (), peer_env)
+            specs = parse_peers(peer_list, (), env)
         except ValueError as err:
             _fail(str(err))
         out_dir = out or _out_default() / "tmp"
@@ -181,18 +190,27 @@ def gate_cmd(
         paths = write_report(data, out_dir, plots=False)
         typer.echo(f"[gate] run report: {paths['json']}")
     if record:
-        new = record_baseline(data["summary"], base, data["name"])
+        new = record_baseline(data["summary"], base, data["name"], data.get("results", ()))
         baseline.write_text(json.dumps(new.to_dict(), indent=1) + "\n")
         typer.echo(f"[gate] recorded {len(new.checks)} ratios into {baseline}")
         return
-    results = evaluate(data["summary"], base, candidate)
-    who = candidate or base.candidate
-    typer.echo(f"[gate] {who} vs {base.reference}, baseline {baseline}:")
-    for r in results:
-        typer.echo("  " + r.line())
-    failed = [r for r in results if not r.passed]
-    typer.echo(f"[gate] {'FAILED' if failed else 'passed'}: {len(results) - len(failed)}/{len(results)} checks ok")
-    if failed:
+
+    def gate_one(who: str) -> bool:
+        results = evaluate(data["summary"], base, who, data.get("results", ()))
+        typer.echo(f"[gate] {who} vs {base.reference}, baseline {baseline}:")
+        for r in results:
+            typer.echo("  " + r.line())
+        failed = [r for r in results if not r.passed]
+        typer.echo(f"[gate] {who}: {'FAILED' if failed else 'passed'}: {len(results) - len(failed)}/{len(results)} checks ok")
+        return not failed
+
+    ok = gate_one(candidate or base.candidate)
+    if self_test:
+        caught = not gate_one(slowed)
+        typer.echo(f"[gate] self-test: the gate {'caught' if caught else 'did NOT catch'} the injected "
+                   f"{inject_delay_ms:g} ms slowdown of {slowed}")
+        ok = ok and caught
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -72,3 +72,17 @@ def test_committed_baseline_matches_the_gate_suite():
     suite = get_suite(base.suite)
     assert base.reference == suite.reference
     assert {c.scenario for c in base.checks} <= set(suite.scenario_names())
+
+
+def test_ratios_are_paired_per_repetition_and_the_median_decides():
+    def rep(r: int, peer: str, tput: float) -> dict:
+        return {"scenario": "chat", "peer": peer, "repetition": r, "metrics": {"output_throughput": tput, "e2e_p50": 1.0}}
+
+    # repetition 1 was disturbed for the reference only: its ratio 2.0 is an outlier the median ignores
+    results = [rep(0, "sagellm", 90.0), rep(0, "lmdeploy-stock", 100.0), rep(1, "sagellm", 100.0),
+               rep(1, "lmdeploy-stock", 50.0), rep(2, "sagellm", 95.0), rep(2, "lmdeploy-stock", 100.0)]
+    s = summary(tput=95.0, e2e=0.5)
+    r = evaluate(s, BASE, results=results)[0]
+    assert r.per_repetition == (0.9, 2.0, 0.95) and r.ratio == 0.95 and r.passed
+    assert "[per repetition 0.900, 2.000, 0.950]" in r.line()
+    assert record_baseline(s, BASE, "x", results).checks[0].baseline == 0.95
