@@ -129,9 +129,9 @@ def _report() -> Suite:
             )),
             Group("prefix", "tiny-long", prefix, (
                 Scenario("multi_turn", WorkloadSpec("multi_turn", {"sessions": 24, "turns": 6}, seed=301),
-                         LoadPattern("closed", 4), _CHAT_SLO),
+                         LoadPattern("closed", 3), _CHAT_SLO),
                 Scenario("docqa", WorkloadSpec("docqa", {"documents": 32, "questions": 4}, seed=302),
-                         LoadPattern("closed", 4), _CHAT_SLO),
+                         LoadPattern("closed", 3), _CHAT_SLO),
             )),
             Group("roofline-100m", "100m", roofline, (
                 Scenario("roofline_100m", WorkloadSpec("roofline", {"probes": 3, "prefill_tokens": 1024,
