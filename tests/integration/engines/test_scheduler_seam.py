@@ -7,6 +7,7 @@ receives a refusal is a stand-in that records ``_response`` calls.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -41,8 +42,8 @@ def make_scheduler(num_blocks=32, budget=4096, prefix_caching=True) -> Scheduler
 class RecordingEngine(SimpleNamespace):
     """Stand-in for lmdeploy's Engine: records the responses a hook sends."""
 
-    def __init__(self):
-        super().__init__(responses=[])
+    def __init__(self, device_type="cpu"):
+        super().__init__(responses=[], engine_config=SimpleNamespace(device_type=device_type))
 
     def _response(self, resp, resp_type, data=None, err_msg=""):
         self.responses.append((resp, resp_type, err_msg))
@@ -227,3 +228,19 @@ def test_blocks_of_a_deferred_request_are_evicted_for_the_candidates():
     assert out.running == [fresh]
     assert fresh.num_token_ids == 8  # its own first chunk; the deferred request gave up its blocks
     assert (held.status, held.num_history_ids, held.num_blocks) == (MessageStatus.WAITING, 0, 0)
+
+
+@pytest.mark.parametrize("device_type, waits", [("cpu", False), ("cuda", True)])
+def test_request_intake_waits_for_queued_forwards_only_on_asynchronous_devices(device_type, waits):
+    hooks = SagellmSchedulerHooks(SagellmSchedulerConfig())
+    hooks.attach(RecordingEngine(device_type))
+
+    async def gate_open() -> bool:
+        held = asyncio.Event()  # cleared: a forward is queued
+        try:
+            await asyncio.wait_for(hooks.await_forward_event(hooks.engine, held), timeout=0.2)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    assert asyncio.run(gate_open()) is (not waits)

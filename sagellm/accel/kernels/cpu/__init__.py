@@ -1,17 +1,21 @@
 """Reference CPU kernels in plain torch (float32, bfloat16, float16), vectorized across the batch."""
 
+from sagellm.accel.kernels.cpu.dense_decode import DenseDecodeKV, DensePlan
 from sagellm.accel.kernels.cpu.kv_quant import QUANT_POLICY_BITS, KVQuant, dequantize_kv, quantize_kv
 from sagellm.accel.kernels.cpu.paged_attention import (
     PackedBatch,
     attention_mask,
     fill_kv_cache,
     gather_dequantized,
+    gather_history,
     gather_kv,
     pack_batch,
     paged_attention,
 )
 
 __all__ = [
+    "DenseDecodeKV",
+    "DensePlan",
     "KVQuant",
     "PackedBatch",
     "QUANT_POLICY_BITS",
@@ -19,6 +23,7 @@ __all__ = [
     "dequantize_kv",
     "fill_kv_cache",
     "gather_dequantized",
+    "gather_history",
     "gather_kv",
     "pack_batch",
     "paged_attention",

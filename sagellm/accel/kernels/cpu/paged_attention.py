@@ -7,59 +7,59 @@ Layout (LMDeploy's default backend):
     query:            [num_tokens, num_heads, head_dim]  the new tokens of all sequences, packed
     key, value:       [num_tokens, num_kv_heads, head_dim]
 
-Sequence ``b`` owns ``q_seqlens[b]`` packed tokens starting at ``q_start_loc[b]``; after this
-step it has ``kv_seqlens[b]`` tokens of history, so its new tokens sit at positions
-``kv_seqlens[b] - q_seqlens[b] ... kv_seqlens[b] - 1``:
+Positions and slots: see :mod:`.packed_batch`. Everything is vectorized across the batch (no
+per-sequence Python loop). :func:`paged_attention` picks one of three paths, all exact softmax
+attention through ``scaled_dot_product_attention`` with grouped-query heads handled natively
+(``enable_gqa``, no ``repeat_interleave`` copies):
 
-    position p of sequence b  ->  block block_offsets[b, p // block_size], slot p % block_size
+* decode (one new token per sequence): gather each sequence's history, additive key mask;
+* fresh prefill (no cached history, causal, no window): the padded [batch, max_q_len] grid with
+  ``is_causal``, no mask tensor at all;
+* anything else (prefill over a cached prefix, mixed batches, sliding windows): gathered history
+  and a causal mask offset by each sequence's history, built once per step.
 
-Everything is vectorized across the batch (no per-sequence Python loop): prefill with a cached
-prefix, decode, and mixed batches all go through the same gather + masked attention.
+History is gathered with one ``index_select`` over the cache viewed as flat slots; positions past
+a sequence's length read that sequence's position 0 (finite) and are masked out, so never-written
+slots (uninitialized memory, possibly NaN) cannot reach the output.
 
 Quantized KV (LMDeploy ``quant_policy`` 8 / 4): pass a :class:`~.kv_quant.KVQuant` holding the
 per-token-per-head scale/zero tensors; the caches are then uint8 blocks (see ``kv_quant``).
 :func:`fill_kv_cache` quantizes the new tokens into them and :func:`paged_attention`
-dequantizes the gathered history; positions past a sequence's length decode to zero, so
-never-written slots (uninitialized scales) cannot leak NaNs into the masked attention.
+dequantizes the gathered history.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from sagellm.accel.kernels.cpu.kv_quant import KVQuant, dequantize_kv, quantize_kv
+from sagellm.accel.kernels.cpu.packed_batch import (
+    PackedBatch,
+    attention_bias,
+    attention_mask,
+    history_slots,
+    pack_batch,
+    token_cache_slots,
+)
+
+__all__ = [
+    "PackedBatch",
+    "attention_mask",
+    "fill_kv_cache",
+    "gather_dequantized",
+    "gather_history",
+    "gather_kv",
+    "pack_batch",
+    "paged_attention",
+]
 
 
-@dataclass(frozen=True)
-class PackedBatch:
-    """Per-token indices of a packed batch, computed once per step and shared by every layer."""
-
-    token_seq: torch.Tensor  # [num_tokens] sequence index of each packed token
-    token_pos: torch.Tensor  # [num_tokens] absolute position of each token in its sequence
-    token_slot: torch.Tensor  # [num_tokens] index into the padded [batch * max_q] query grid
-    max_q_len: int
-    max_kv_len: int
-
-
-def pack_batch(q_seqlens: torch.Tensor, kv_seqlens: torch.Tensor, q_start_loc: torch.Tensor) -> PackedBatch:
-    """Index arithmetic for a packed batch (see module docstring)."""
-    batch = q_seqlens.numel()
-    num_tokens = int(q_seqlens.sum())
-    device = q_seqlens.device
-    token_seq = torch.repeat_interleave(torch.arange(batch, device=device), q_seqlens, output_size=num_tokens)
-    token_idx = torch.arange(num_tokens, device=device) - q_start_loc[token_seq]
-    history = (kv_seqlens - q_seqlens)[token_seq]
-    max_q_len = int(q_seqlens.max()) if batch else 0
-    return PackedBatch(
-        token_seq=token_seq,
-        token_pos=history + token_idx,
-        token_slot=token_seq * max_q_len + token_idx,
-        max_q_len=max_q_len,
-        max_kv_len=int(kv_seqlens.max()) if batch else 0,
-    )
+def _flat(cache: torch.Tensor) -> torch.Tensor | None:
+    """``cache`` viewed as ``[num_blocks * block_size, ...]`` slots, or None when it cannot be a view."""
+    if not cache.is_contiguous():
+        return None
+    return cache.view(cache.size(0) * cache.size(1), *cache.shape[2:])
 
 
 def fill_kv_cache(
@@ -73,16 +73,22 @@ def fill_kv_cache(
 ) -> None:
     """Write the new tokens' K/V into their blocks, in place (quantized with their scale/zero when ``quant``)."""
     block_size = k_cache.size(1)
-    blocks = block_offsets[packed.token_seq, packed.token_pos // block_size]
-    slots = packed.token_pos % block_size
-    if quant is None:
-        k_cache[blocks, slots] = key.to(k_cache.dtype)
-        v_cache[blocks, slots] = value.to(v_cache.dtype)
-        return
-    for states, cache, scales_zeros in ((key, k_cache, quant.k_scales_zeros), (value, v_cache, quant.v_scales_zeros)):
-        codes, sz = quantize_kv(states, quant.bits, scales_zeros.dtype)
-        cache[blocks, slots] = codes
-        scales_zeros[blocks, slots] = sz
+    slots = token_cache_slots(packed, block_offsets, block_size)
+    writes = [(key, k_cache), (value, v_cache)]
+    if quant is not None:
+        writes = []
+        for states, cache, scales_zeros in (
+            (key, k_cache, quant.k_scales_zeros),
+            (value, v_cache, quant.v_scales_zeros),
+        ):
+            codes, sz = quantize_kv(states, quant.bits, scales_zeros.dtype)
+            writes += [(codes, cache), (sz, scales_zeros)]
+    for states, cache in writes:
+        flat = _flat(cache)
+        if flat is not None:
+            flat.index_copy_(0, slots, states.to(cache.dtype))
+        else:
+            cache[slots // block_size, slots % block_size] = states.to(cache.dtype)
 
 
 def gather_kv(cache: torch.Tensor, block_offsets: torch.Tensor, max_kv_len: int) -> torch.Tensor:
@@ -92,6 +98,17 @@ def gather_kv(cache: torch.Tensor, block_offsets: torch.Tensor, max_kv_len: int)
     gathered = cache[block_offsets[:, :num_blocks]]  # [batch, nb, bs, h, d]
     batch, nb, bs, heads, dim = gathered.shape
     return gathered.reshape(batch, nb * bs, heads, dim)
+
+
+def gather_history(
+    cache: torch.Tensor, block_offsets: torch.Tensor, kv_seqlens: torch.Tensor, packed: PackedBatch
+) -> torch.Tensor:
+    """[batch, max_kv_len, kv_heads, dim]: each sequence's history; padded positions repeat its position 0."""
+    block_size = cache.size(1)
+    slots = history_slots(packed, block_offsets, kv_seqlens, block_size)
+    flat = _flat(cache)
+    rows = flat.index_select(0, slots) if flat is not None else cache[slots // block_size, slots % block_size]
+    return rows.view(kv_seqlens.numel(), packed.max_kv_len, *cache.shape[2:])
 
 
 def gather_dequantized(
@@ -111,29 +128,33 @@ def gather_dequantized(
     return dequantize_kv(codes, sz, bits, dtype)
 
 
-def attention_mask(
-    q_seqlens: torch.Tensor,
-    kv_seqlens: torch.Tensor,
-    max_q_len: int,
-    kv_len: int,
-    causal: bool = True,
-    sliding_window: int | None = None,
-) -> torch.Tensor:
-    """Boolean [batch, 1, max_q_len, kv_len] mask: True where query i of a sequence may see key j."""
-    device = q_seqlens.device
-    q_idx = torch.arange(max_q_len, device=device)[None, :, None]
-    k_idx = torch.arange(kv_len, device=device)[None, None, :]
-    history = (kv_seqlens - q_seqlens)[:, None, None]
-    q_pos = history + q_idx
-    mask = k_idx < kv_seqlens[:, None, None]
-    if causal:
-        mask = mask & (k_idx <= q_pos)
-    if sliding_window is not None and sliding_window > 0:
-        mask = mask & (k_idx > q_pos - sliding_window)
-    # padded query rows see nothing; give them one key so softmax stays finite (rows are dropped later)
-    valid_q = q_idx < q_seqlens[:, None, None]
-    mask = torch.where(valid_q, mask, k_idx == 0)
-    return mask[:, None]
+def _history(cache, scales_zeros, bits, block_offsets, kv_seqlens, packed, dtype):
+    """Gathered history in ``dtype`` (dequantized when ``scales_zeros`` is given)."""
+    if scales_zeros is None:
+        return gather_history(cache, block_offsets, kv_seqlens, packed).to(dtype)
+    codes = gather_history(cache, block_offsets, kv_seqlens, packed)
+    sz = gather_history(scales_zeros, block_offsets, kv_seqlens, packed)
+    return dequantize_kv(codes, sz, bits, dtype)
+
+
+def _query_grid(query: torch.Tensor, packed: PackedBatch, batch: int) -> torch.Tensor:
+    """[batch, heads, max_q_len, dim]: packed queries placed on the padded grid (zeros elsewhere)."""
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    if packed.max_q_len * batch == query.size(0):  # no padding: the packed tokens are the grid
+        grid = query
+    else:
+        grid = query.new_zeros(batch * packed.max_q_len, num_heads, head_dim)
+        grid.index_copy_(0, packed.token_slot, query)
+    return grid.view(batch, packed.max_q_len, num_heads, head_dim).transpose(1, 2)
+
+
+def _from_grid(out: torch.Tensor, packed: PackedBatch, num_tokens: int) -> torch.Tensor:
+    """[batch, heads, max_q_len, dim] -> packed [num_tokens, heads, dim]."""
+    batch, heads, max_q, dim = out.shape
+    out = out.transpose(1, 2).reshape(batch * max_q, heads, dim)
+    if batch * max_q == num_tokens:
+        return out
+    return out.index_select(0, packed.token_slot)
 
 
 def paged_attention(
@@ -150,50 +171,50 @@ def paged_attention(
     logit_softcapping: float | None = None,
     sinks: torch.Tensor | None = None,
     quant: KVQuant | None = None,
+    history: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention of the packed new tokens over each sequence's paged history.
 
-    With ``quant``, the caches hold uint8 codes and the history is dequantized first.
+    With ``quant``, the caches hold uint8 codes and the history is dequantized first. ``history``,
+    when given, is each sequence's K and V already gathered (``[batch, kv_heads, max_kv_len, dim]``
+    in the query dtype, e.g. from :class:`~.dense_decode.DenseDecodeKV`); the caches are not read.
     Returns [num_tokens, num_heads, v_head_dim] in the query dtype.
     """
     batch = q_seqlens.numel()
-    num_heads, head_dim = query.shape[1], query.shape[2]
-    # Slots past a sequence's length hold whatever their block held before, uninitialized memory
-    # included (possibly NaN/inf); masked scores still multiply V (0 * NaN = NaN), so zero them.
-    if quant is None:
-        keys = gather_kv(k_cache, block_offsets, packed.max_kv_len).to(query.dtype)
-        values = gather_kv(v_cache, block_offsets, packed.max_kv_len).to(query.dtype)
-        valid = (torch.arange(keys.size(1), device=keys.device)[None, :] < kv_seqlens[:, None])[:, :, None, None]
-        keys = torch.where(valid, keys, 0)
-        values = torch.where(valid, values, 0)
-    else:  # zeroed while decoding: their scale and zero are masked to 0
-        history = (block_offsets, kv_seqlens, packed, query.dtype)
-        keys = gather_dequantized(k_cache, quant.k_scales_zeros, quant.bits, *history)
-        values = gather_dequantized(v_cache, quant.v_scales_zeros, quant.bits, *history)
-    kv_len = keys.size(1)
-    num_kv_heads = keys.size(2)
-
-    grid = query.new_zeros(batch * packed.max_q_len, num_heads, head_dim)
-    grid[packed.token_slot] = query
-    q = grid.view(batch, packed.max_q_len, num_heads, head_dim).transpose(1, 2)  # [b, h, q, d]
-    k = keys.transpose(1, 2)  # [b, hkv, L, d]
-    v = values.transpose(1, 2)
-    if num_kv_heads != num_heads:
-        group = num_heads // num_kv_heads
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-    mask = attention_mask(q_seqlens, kv_seqlens, packed.max_q_len, kv_len, causal, sliding_window)
+    num_tokens = query.size(0)
+    window = sliding_window if sliding_window is not None and sliding_window > 0 else None
+    if history is not None:
+        k, v = history
+    elif quant is None:
+        gather = (None, None, block_offsets, kv_seqlens, packed, query.dtype)
+        k = _history(k_cache, *gather).transpose(1, 2)  # [b, hkv, L, d] (a view; SDPA takes the strides as they are)
+        v = _history(v_cache, *gather).transpose(1, 2)
+    else:
+        gather = (block_offsets, kv_seqlens, packed, query.dtype)
+        k = _history(k_cache, quant.k_scales_zeros, quant.bits, *gather).transpose(1, 2)
+        v = _history(v_cache, quant.v_scales_zeros, quant.bits, *gather).transpose(1, 2)
+    q = _query_grid(query, packed, batch)  # [b, h, q, d]
+    gqa = k.size(1) != q.size(1)
 
     if logit_softcapping or sinks is not None:
+        mask = attention_mask(q_seqlens, kv_seqlens, packed.max_q_len, packed.max_kv_len, causal, window)
         out = _explicit_attention(q, k, v, mask, scale, logit_softcapping, sinks)
+    elif causal and window is None and packed.no_history:
+        # fresh prefill: query i of a sequence sees keys 0..i, all of them its own (padded keys only
+        # ever meet padded query rows, which are dropped)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    out = out.transpose(1, 2).reshape(batch * packed.max_q_len, num_heads, v.size(-1))
-    return out[packed.token_slot]
+        bias = attention_bias(packed, q_seqlens, kv_seqlens, query.dtype, causal, window)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
+    return _from_grid(out, packed, num_tokens)
 
 
 def _explicit_attention(q, k, v, mask, scale, logit_softcapping, sinks):
     """Softmax attention with the variants SDPA does not cover (soft-capping, attention sinks)."""
+    if k.size(1) != q.size(1):
+        group = q.size(1) // k.size(1)
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if logit_softcapping:
         scores = torch.tanh(scores / logit_softcapping) * logit_softcapping

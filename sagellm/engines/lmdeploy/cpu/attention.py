@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 from lmdeploy.pytorch.backends.attention import AttentionBuilder, AttentionImpl, AttentionMetadata
 
-from sagellm.accel.kernels.cpu import KVQuant, PackedBatch, fill_kv_cache, pack_batch, paged_attention
+from sagellm.accel.kernels.cpu import (
+    DenseDecodeKV,
+    DensePlan,
+    KVQuant,
+    PackedBatch,
+    fill_kv_cache,
+    pack_batch,
+    paged_attention,
+)
 
 
 @dataclass
@@ -21,6 +29,8 @@ class CpuAttentionMetadata(AttentionMetadata):
     kv_start_loc: torch.Tensor = None
     kv_flatten_size: int = None
     packed: PackedBatch = None
+    dense: DenseDecodeKV = None  # the engine's dense decode history, when this step uses it
+    dense_plan: DensePlan = DensePlan.OFF
 
 
 class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
@@ -50,8 +60,15 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
         packed = attn_metadata.packed
         if packed is None:
             packed = pack_batch(attn_metadata.q_seqlens, attn_metadata.kv_seqlens, attn_metadata.q_start_loc)
-        if key is not None and value is not None:
+        has_new = key is not None and value is not None
+        if has_new:
             fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed, quant=quant)
+        history = None
+        if attn_metadata.dense is not None and attn_metadata.dense_plan is not DensePlan.OFF and has_new:
+            history = attn_metadata.dense.layer_history(
+                attn_metadata.dense_plan, k_cache, v_cache, key, value, attn_metadata.block_offsets,
+                attn_metadata.kv_seqlens, packed, query.dtype,
+            )
         return paged_attention(
             query,
             k_cache,
@@ -66,6 +83,7 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
             logit_softcapping=self.logit_softcapping,
             sinks=learnable_sink,
             quant=quant,
+            history=history,
         )
 
 

@@ -13,8 +13,6 @@ import os
 import platform
 import time
 
-import torch
-
 _GIB = 1 << 30
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from lmdeploy.pytorch.backends.base import OpType
 from lmdeploy.pytorch.backends.default import DefaultOpsBackend
 
 from sagellm.accel.kernels.cpu import pack_batch
+from sagellm.engines.lmdeploy.cpu.step_state import plan_step, thread_policy
 
 # weight-quantized layers (sagellm.engines.lmdeploy.cpu.quant_linear): AWQ W4/W8, SmoothQuant int8 run weight-only
 _QUANT_BUILDERS = {
@@ -40,7 +42,9 @@ class CpuOpsBackend(DefaultOpsBackend):
 
     @classmethod
     def update_step_context(cls, step_context):
-        """Build the attention metadata once per step; every layer reuses its packed-batch indices."""
+        """Once per forward: thread count, attention metadata with the packed-batch indices every layer reuses,
+        and whether the layers keep their dense decode history (``sagellm.accel.kernels.cpu.dense_decode``)."""
+        torch.set_num_threads(thread_policy(step_context.model_config).threads_for(step_context.input_ids.numel()))
         q_seqlens = step_context.q_seqlens
         kv_seqlens = step_context.kv_seqlens
         q_start_loc = q_seqlens.cumsum(0) - q_seqlens
@@ -49,6 +53,8 @@ class CpuOpsBackend(DefaultOpsBackend):
         if not step_context.is_decoding:
             kv_start_loc = kv_seqlens.cumsum(0) - kv_seqlens
             kv_flatten_size = step_context.sum_kv_seqlen
+        packed = pack_batch(q_seqlens, kv_seqlens, q_start_loc)
+        dense, plan = plan_step(step_context, packed)
         step_context.attn_metadata = cls.get_attention_metadata_cls()(
             step_context.is_decoding,
             step_context.block_offsets,
@@ -58,7 +64,9 @@ class CpuOpsBackend(DefaultOpsBackend):
             kv_start_loc=kv_start_loc,
             kv_flatten_size=kv_flatten_size,
             quant_policy=step_context.kv_quant_policy,
-            packed=pack_batch(q_seqlens, kv_seqlens, q_start_loc),
+            packed=packed,
+            dense=dense,
+            dense_plan=plan,
         )
         if step_context.cross_seqlens is not None:
             raise NotImplementedError("cross-attention (encoder-decoder) models are not available on the cpu device")

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sagellm.accel.kernels.cpu import attention_mask, fill_kv_cache, gather_kv, pack_batch, paged_attention
+from sagellm.accel.kernels.cpu import (
+    attention_mask,
+    fill_kv_cache,
+    gather_history,
+    gather_kv,
+    pack_batch,
+    paged_attention,
+)
 
 BLOCK = 4
 
@@ -138,3 +145,88 @@ def test_garbage_past_sequence_end_does_not_leak():
     fill_kv_cache(key, value, k_cache, v_cache, block_offsets, packed)
     out = paged_attention(torch.randn(4, 1, 4), k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, packed, 0.5)
     assert torch.isfinite(out).all()
+
+
+def _scenario(histories, new_tokens, heads=4, kv_heads=2, dim=8, num_blocks=24, dtype=torch.float32, seed=0):
+    """Caches full of NaN except what the sequences wrote, the dense reference, and the kernel inputs."""
+    torch.manual_seed(seed)
+    totals = [h + n for h, n in zip(histories, new_tokens)]
+    k_cache = torch.full((num_blocks, BLOCK, kv_heads, dim), float("nan"), dtype=dtype)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    per_seq = max((t + BLOCK - 1) // BLOCK for t in totals) + 1  # one spare (unwritten) block each
+    perm = torch.randperm(num_blocks - 1)[: per_seq * len(totals)] + 1  # block 0 stays NaN (padding target)
+    block_offsets = perm.view(len(totals), per_seq).int()
+    for b, t in enumerate(totals):  # LMDeploy pads a sequence's unused entries with block 0
+        block_offsets[b, (t + BLOCK - 1) // BLOCK + 1:] = 0
+    full_k = [torch.randn(t, kv_heads, dim, dtype=dtype) for t in totals]
+    full_v = [torch.randn(t, kv_heads, dim, dtype=dtype) for t in totals]
+    for seq, history in enumerate(histories):
+        for pos in range(history):
+            block = block_offsets[seq, pos // BLOCK]
+            k_cache[block, pos % BLOCK] = full_k[seq][pos]
+            v_cache[block, pos % BLOCK] = full_v[seq][pos]
+    query = [torch.randn(n, heads, dim, dtype=dtype) for n in new_tokens]
+    q_seqlens, kv_seqlens = torch.tensor(new_tokens), torch.tensor(totals)
+    packed = pack_batch(q_seqlens, kv_seqlens, q_seqlens.cumsum(0) - q_seqlens)
+    fill_kv_cache(torch.cat([k[h:] for k, h in zip(full_k, histories)]),
+                  torch.cat([v[h:] for v, h in zip(full_v, histories)]), k_cache, v_cache, block_offsets, packed)
+    expected = torch.cat([_dense_reference(q.float(), k.float(), v.float(), h, dim**-0.5)
+                          for q, k, v, h in zip(query, full_k, full_v, histories)])
+    args = (torch.cat(query), k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, packed)
+    return args, expected
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-6), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+def test_decode_path_matches_dense_reference_with_nan_garbage(dtype, atol):
+    """One token per sequence, histories of 1..13 tokens, NaN in every unwritten slot and in padding block 0."""
+    args, expected = _scenario([4, 0, 12, 7], [1, 1, 1, 1], dtype=dtype)
+    assert args[-1].is_decode
+    out = paged_attention(*args, scale=8**-0.5)
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-6), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+def test_fresh_prefill_path_matches_dense_reference_with_nan_garbage(dtype, atol):
+    args, expected = _scenario([0, 0, 0], [5, 1, 9], dtype=dtype)
+    assert args[-1].no_history and not args[-1].is_decode
+    out = paged_attention(*args, scale=8**-0.5)
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
+
+
+def test_fresh_prefill_of_equal_lengths_needs_no_padding():
+    args, expected = _scenario([0, 0], [6, 6])
+    torch.testing.assert_close(paged_attention(*args, scale=8**-0.5), expected, atol=2e-6, rtol=0)
+
+
+def test_prefix_prefill_path_matches_dense_reference_with_nan_garbage():
+    args, expected = _scenario([5, 0, 8], [3, 6, 1])
+    out = paged_attention(*args, scale=8**-0.5)
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=0)
+
+
+def test_given_history_is_used_instead_of_the_cache():
+    args, _ = _scenario([4, 9], [1, 1])
+    query, k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, packed = args
+    keys = gather_history(k_cache, block_offsets, kv_seqlens, packed).transpose(1, 2)
+    values = gather_history(v_cache, block_offsets, kv_seqlens, packed).transpose(1, 2)
+    expected = paged_attention(*args, scale=0.3)
+    nan_cache = torch.full_like(k_cache, float("nan"))  # proves the caches are not read
+    out = paged_attention(query, nan_cache, nan_cache, block_offsets, q_seqlens, kv_seqlens, packed, scale=0.3,
+                          history=(keys.contiguous(), values.contiguous()))
+    assert torch.equal(out, expected)
+
+
+def test_sinks_path_with_grouped_heads_matches_formula():
+    torch.manual_seed(3)
+    args, _ = _scenario([3], [1], heads=2, kv_heads=1, dim=4)
+    query, k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, packed = args
+    sinks = torch.tensor([0.5, -1.0])
+    out = paged_attention(*args, scale=0.5, sinks=sinks)
+    keys = gather_history(k_cache, block_offsets, kv_seqlens, packed)[0, :, 0]
+    values = gather_history(v_cache, block_offsets, kv_seqlens, packed)[0, :, 0]
+    for head in range(2):
+        scores = torch.cat([keys @ query[0, head] * 0.5, sinks[head:head + 1]])
+        expected = torch.softmax(scores, dim=0)[:-1] @ values
+        torch.testing.assert_close(out[0, head], expected)

@@ -1,0 +1,49 @@
+"""Settings of the cpu device (layered: defaults < ``SAGELLM_CPU_*`` environment, see ``sagellm.core.config``)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sagellm.core.config import load_config
+
+
+@dataclass(frozen=True)
+class CpuDeviceConfig:
+    cpu_threads: Optional[int] = field(
+        default=None,
+        metadata={"help": "intra-op threads of every forward (SAGELLM_CPU_THREADS); None: per forward, as many "
+                          "as its work fills (small decode steps on 1 thread, prefill on every usable core)"},
+    )
+    cpu_gflop_per_thread: float = field(
+        default=1.0,
+        metadata={"help": "with cpu_threads None: a forward gets one thread per this many GFLOP of work "
+                          "(at least 1, at most the usable cores)"},
+    )
+    cpu_dense_kv_mib: int = field(
+        default=1024,
+        metadata={"help": "MiB a decode batch's dense KV copy may take (all layers, K and V); it spares "
+                          "re-gathering the paged history at every decode step; 0 turns it off"},
+    )
+    def __post_init__(self) -> None:
+        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or self.cpu_threads < 1):
+            raise ValueError(f"cpu_threads must be None (auto) or >= 1, got {self.cpu_threads!r}")
+        if not self.cpu_gflop_per_thread > 0:
+            raise ValueError(f"cpu_gflop_per_thread must be > 0, got {self.cpu_gflop_per_thread!r}")
+        if self.cpu_dense_kv_mib < 0:
+            raise ValueError(f"cpu_dense_kv_mib must be >= 0, got {self.cpu_dense_kv_mib!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_device_config() -> CpuDeviceConfig:
+    """The process's cpu device settings (read once, from the environment)."""
+    return load_config(CpuDeviceConfig)
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,75 @@
+"""Per-forward choices of the cpu device that depend on state kept across steps.
+
+* :func:`thread_policy`: intra-op threads of a forward (``threads.py``), from the model's shape
+  and ``CpuDeviceConfig``.
+* :func:`plan_step`: whether this forward's layers append to, rebuild, or skip their dense decode
+  history (``sagellm.accel.kernels.cpu.dense_decode``). One :class:`DenseDecodeKV` per engine KV
+  cache, found by the cache tensor's identity and dropped once the cache is gone.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from sagellm.accel.kernels.cpu import DenseDecodeKV, DensePlan, PackedBatch
+from sagellm.engines.lmdeploy.cpu.config import cpu_device_config, usable_cores
+from sagellm.engines.lmdeploy.cpu.threads import ThreadPolicy, flop_per_token
+
+_MIB = 1 << 20
+
+# first layer's K cache data pointer -> (weak reference to that tensor, its engine's dense history)
+_dense_by_cache: dict[int, tuple[weakref.ref, DenseDecodeKV]] = {}
+_policies: dict[tuple, ThreadPolicy] = {}
+
+
+def thread_policy(model_config) -> ThreadPolicy:
+    """The thread policy of a model (LMDeploy ``ModelConfig``), memoized by its shape."""
+    hf = getattr(model_config, "hf_config", None)
+    hidden = model_config.hidden_size
+    shape = (
+        hidden,
+        model_config.num_layers,
+        getattr(hf, "intermediate_size", None) or 4 * hidden,
+        model_config.num_attention_heads,
+        model_config.num_key_value_heads,
+        model_config.head_dim,
+    )
+    policy = _policies.get(shape)
+    if policy is None:
+        config = cpu_device_config()
+        policy = _policies[shape] = ThreadPolicy(
+            max_threads=usable_cores(),
+            fixed=config.cpu_threads,
+            gflop_per_thread=config.cpu_gflop_per_thread,
+            flop_per_token=flop_per_token(*shape),
+        )
+    return policy
+
+
+def dense_history(kv_caches) -> DenseDecodeKV | None:
+    """The dense decode history of the engine owning ``kv_caches`` (None when turned off)."""
+    budget = cpu_device_config().cpu_dense_kv_mib * _MIB
+    if budget <= 0 or not kv_caches:
+        return None
+    first = kv_caches[0][0]
+    for key in [k for k, (ref, _) in _dense_by_cache.items() if ref() is None]:
+        del _dense_by_cache[key]  # that engine's cache is gone
+    entry = _dense_by_cache.get(first.data_ptr())
+    if entry is None or entry[0]() is not first:
+        entry = _dense_by_cache[first.data_ptr()] = (weakref.ref(first), DenseDecodeKV(budget_bytes=budget))
+    return entry[1]
+
+
+def plan_step(step_context, packed: PackedBatch) -> tuple[DenseDecodeKV | None, DensePlan]:
+    """(dense history, plan) for this forward; quantized KV caches always gather."""
+    kv_caches = step_context.kv_caches
+    dense = None if step_context.kv_quant_policy else dense_history(kv_caches)
+    if dense is None:
+        return None, DensePlan.OFF
+    itemsize = torch.empty((), dtype=step_context.model_config.dtype).element_size()
+    per_position = sum(k.shape[2] * k.shape[3] + v.shape[2] * v.shape[3] for k, v, *_ in kv_caches) * itemsize
+    plan = dense.plan(packed, step_context.block_offsets, step_context.kv_seqlens, kv_caches[0][0].size(1),
+                      per_position)
+    return dense, plan

@@ -1,0 +1,98 @@
+"""Dense decode history: when it appends, rebuilds or stays off, and that it always equals the paged gather."""
+
+from __future__ import annotations
+
+import torch
+
+from sagellm.accel.kernels.cpu import DenseDecodeKV, DensePlan, fill_kv_cache, gather_history, pack_batch, paged_attention
+
+BLOCK = 4
+HEADS, KV_HEADS, DIM = 4, 2, 8
+PER_POSITION = 2 * KV_HEADS * DIM * 4  # one layer, K and V, float32
+
+
+def _packed(q, kv):
+    q, kv = torch.tensor(q), torch.tensor(kv)
+    return pack_batch(q, kv, q.cumsum(0) - q), kv
+
+
+def _plan(dense, q, kv, table):
+    packed, kv = _packed(q, kv)
+    return dense.plan(packed, torch.tensor(table), kv, BLOCK, PER_POSITION)
+
+
+def test_plans_follow_the_decode_batch():
+    dense = DenseDecodeKV(budget_bytes=1 << 20, headroom=4)
+    table = [[3, 5, 0], [7, 9, 0]]
+    assert _plan(dense, [2, 3], [2, 3], table) is DensePlan.OFF  # prefill
+    assert _plan(dense, [1, 1], [3, 4], table) is DensePlan.REBUILD  # first decode step
+    assert _plan(dense, [1, 1], [4, 5], table) is DensePlan.APPEND  # one token further
+    assert _plan(dense, [1, 1], [5, 6], [[3, 5, 11], [7, 9, 0]]) is DensePlan.APPEND  # a block allocated ahead
+    assert _plan(dense, [1, 1], [6, 7], [[3, 5, 11], [8, 9, 0]]) is DensePlan.REBUILD  # a history block changed
+    assert _plan(dense, [1, 1], [8, 8], [[3, 5, 11], [8, 9, 0]]) is DensePlan.REBUILD  # not one token further
+    assert _plan(dense, [1], [9], [[3, 5, 11]]) is DensePlan.REBUILD  # another batch
+    assert dense.stats == {"off": 1, "rebuild": 4, "append": 2}
+
+
+def test_capacity_and_budget():
+    dense = DenseDecodeKV(budget_bytes=2 * 12 * PER_POSITION, headroom=4)
+    table = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert _plan(dense, [1, 1], [6, 8], table) is DensePlan.REBUILD  # capacity 8 + 4 = 12 fits the budget
+    for step in range(4):
+        assert _plan(dense, [1, 1], [7 + step, 9 + step], table) is DensePlan.APPEND
+    assert _plan(dense, [1, 1], [11, 13], table) is DensePlan.OFF  # needs 13 > 12 positions: over budget
+    assert DenseDecodeKV(budget_bytes=0).plan(*_packed([1], [3]), torch.tensor([[1]]), BLOCK, 1) is DensePlan.OFF
+
+
+def _decode_run(steps, dense):
+    """Decode ``steps`` tokens for 3 sequences; returns attention outputs with and without the dense history."""
+    torch.manual_seed(0)
+    num_blocks = 16
+    k_cache = torch.full((num_blocks, BLOCK, KV_HEADS, DIM), float("nan"))
+    v_cache = torch.full_like(k_cache, float("nan"))
+    table = torch.tensor([[9, 2, 14, 0], [4, 11, 6, 0], [13, 1, 8, 3]]).int()
+    kv = torch.tensor([2, 5, 3])
+    q = torch.tensor([2, 5, 3])
+    packed = pack_batch(q, kv, q.cumsum(0) - q)  # prefill
+    fill_kv_cache(torch.randn(10, KV_HEADS, DIM), torch.randn(10, KV_HEADS, DIM), k_cache, v_cache, table, packed)
+    dense.plan(packed, table, kv, BLOCK, PER_POSITION)
+    outs = []
+    for _ in range(steps):
+        kv = kv + 1
+        ones = torch.ones(3, dtype=torch.long)
+        packed = pack_batch(ones, kv, torch.arange(3))
+        key, value, query = torch.randn(3, KV_HEADS, DIM), torch.randn(3, KV_HEADS, DIM), torch.randn(3, HEADS, DIM)
+        plan = dense.plan(packed, table, kv, BLOCK, PER_POSITION)
+        fill_kv_cache(key, value, k_cache, v_cache, table, packed)
+        history = dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
+        gathered = gather_history(k_cache, table, kv, packed).transpose(1, 2)
+        valid = torch.arange(packed.max_kv_len)[None, :] < kv[:, None]
+        assert torch.equal(history[0].transpose(1, 2)[valid], gathered.transpose(1, 2)[valid])
+        assert bool(torch.isfinite(history[0]).all() and torch.isfinite(history[1]).all())
+        args = (query, k_cache, v_cache, table, ones, kv, packed)
+        outs.append((paged_attention(*args, scale=0.3, history=history), paged_attention(*args, scale=0.3)))
+    return outs
+
+
+def test_appended_history_equals_the_paged_gather_bit_for_bit():
+    dense = DenseDecodeKV(budget_bytes=1 << 20, headroom=3)
+    outs = _decode_run(8, dense)  # crosses block boundaries and the headroom (rebuilds once)
+    assert dense.stats["append"] >= 5 and dense.stats["rebuild"] >= 2
+    for with_dense, gathered in outs:
+        assert torch.equal(with_dense, gathered)
+
+
+def test_a_layer_that_missed_a_step_rebuilds():
+    dense = DenseDecodeKV(budget_bytes=1 << 20)
+    k_cache = torch.randn(4, BLOCK, KV_HEADS, DIM)
+    v_cache = torch.randn(4, BLOCK, KV_HEADS, DIM)
+    table = torch.tensor([[1, 2]])
+    key, value = torch.randn(1, KV_HEADS, DIM), torch.randn(1, KV_HEADS, DIM)
+    for length in (5, 6, 7):
+        packed, kv = _packed([1], [length])
+        plan = dense.plan(packed, table, kv, BLOCK, PER_POSITION)
+        if length != 6:  # this layer skipped step 2: its copy lacks position 5
+            fill_kv_cache(key, value, k_cache, v_cache, table, packed)
+            keys, _ = dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
+    assert plan is DensePlan.APPEND
+    assert torch.equal(keys[0].transpose(0, 1), gather_history(k_cache, table, kv, packed)[0])

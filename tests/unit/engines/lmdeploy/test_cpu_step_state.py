@@ -1,0 +1,75 @@
+"""cpu device: settings, thread policy, and the per-engine dense decode history registry."""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sagellm.accel.kernels.cpu import DensePlan, pack_batch
+from sagellm.core.config import load_config
+from sagellm.engines.lmdeploy.cpu import step_state
+from sagellm.engines.lmdeploy.cpu.config import CpuDeviceConfig
+from sagellm.engines.lmdeploy.cpu.threads import ThreadPolicy, flop_per_token
+
+
+def test_config_from_environment():
+    env = {"SAGELLM_CPU_THREADS": "3", "SAGELLM_CPU_DENSE_KV_MIB": "0", "SAGELLM_CPU_COMPILE": "yes"}
+    config = load_config(CpuDeviceConfig, env=env)
+    assert (config.cpu_threads, config.cpu_dense_kv_mib, config.cpu_compile) == (3, 0, True)
+    assert load_config(CpuDeviceConfig, env={}) == CpuDeviceConfig()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cpu_threads": 0}, "cpu_threads must be None"),
+    ({"cpu_gflop_per_thread": 0.0}, "cpu_gflop_per_thread must be > 0"),
+    ({"cpu_dense_kv_mib": -1}, "cpu_dense_kv_mib must be >= 0"),
+])
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CpuDeviceConfig(**kwargs)
+
+
+def test_flop_per_token_counts_projections_and_gated_mlp():
+    # hidden 256, 4 layers, mlp 688, 4 heads / 2 kv heads of 64: q,o = 256x256, k,v = 256x128, mlp 3 x 256x688
+    assert flop_per_token(256, 4, 688, 4, 2, 64) == 2 * 4 * (2 * 65536 + 2 * 32768 + 3 * 256 * 688)
+
+
+def test_threads_grow_with_work_up_to_the_cores():
+    policy = ThreadPolicy(max_threads=4, gflop_per_thread=1.0, flop_per_token=5e6)
+    assert [policy.threads_for(n) for n in (1, 32, 199, 200, 400, 650, 10_000)] == [1, 1, 1, 1, 2, 3, 4]
+    assert ThreadPolicy(max_threads=4, fixed=2, flop_per_token=5e6).threads_for(10_000) == 2
+
+
+def _step_context(kv_caches, kv_seqlens, block_offsets, quant_policy=0):
+    return SimpleNamespace(kv_caches=kv_caches, kv_seqlens=kv_seqlens, block_offsets=block_offsets,
+                           kv_quant_policy=quant_policy, model_config=SimpleNamespace(dtype=torch.float32))
+
+
+def _caches(layers=2):
+    return [(torch.zeros(8, 4, 2, 8), torch.zeros(8, 4, 2, 8)) for _ in range(layers)]
+
+
+def test_one_dense_history_per_engine_cache_and_dropped_with_it(monkeypatch):
+    monkeypatch.setattr(step_state, "_dense_by_cache", {})
+    caches_a, caches_b = _caches(), _caches()
+    dense_a = step_state.dense_history(caches_a)
+    assert step_state.dense_history(caches_a) is dense_a
+    assert step_state.dense_history(caches_b) is not dense_a
+    del caches_b
+    gc.collect()
+    step_state.dense_history(caches_a)
+    assert len(step_state._dense_by_cache) == 1
+
+
+def test_plan_step_decodes_densely_unless_quantized(monkeypatch):
+    monkeypatch.setattr(step_state, "_dense_by_cache", {})
+    caches = _caches()
+    table = torch.tensor([[1, 2], [3, 4]])
+    kv = torch.tensor([3, 5])
+    packed = pack_batch(torch.ones(2, dtype=torch.long), kv, torch.arange(2))
+    dense, plan = step_state.plan_step(_step_context(caches, kv, table), packed)
+    assert plan is DensePlan.REBUILD and dense is step_state.dense_history(caches)
+    assert step_state.plan_step(_step_context(caches, kv, table, quant_policy=8), packed) == (None, DensePlan.OFF)
