@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Accuracy guard: quantized KV cache (int8 / int4) vs float KV through the real engine.
+"""Accuracy guard: quantized KV cache (int8 / int4) and quantized weights vs float, through the real engine.
 
-Runs LMDeploy's pipeline on the cpu device (``PytorchEngineConfig(device_type='cpu',
-quant_policy=0 | 8 | 4)``) over one model and measures, for each quantized KV dtype against
-the float-KV engine (metrics: ``sagellm.accel.quantization.accuracy``):
+Runs LMDeploy's pipeline on the cpu device over one model and measures, for each quantized KV dtype
+(``PytorchEngineConfig(device_type='cpu', quant_policy=8 | 4)``) and each weight format
+(``--weight-formats``: the model quantized with ``sage quantize``'s library into a temporary
+directory) against the float engine (metrics: ``sagellm.accel.quantization.accuracy``):
 
 * greedy agreement -- ``--prompts`` prompts from ``sagellm.models.corpus.sample_prompts``, each
   continued greedily for ``--new-tokens`` tokens (ignore_eos), compared position by position;
@@ -17,6 +18,11 @@ Writes JSON + Markdown (``--out``) and exits 1 when a threshold given on the com
     python scripts/accuracy_guard.py --model /path/to/model --min-greedy-agreement int8=0.99
     python scripts/accuracy_guard.py          # the default embedded model (sagellm.models.tiny)
     python scripts/accuracy_guard.py --train-steps 120    # ... trained briefly on the corpus first
+    python scripts/accuracy_guard.py --kv-dtypes '' --weight-formats awq-w4,w8 --train-steps 120
+
+LMDeploy runs AWQ checkpoints in float16 whatever ``--dtype`` says; when an AWQ format is measured
+the guard adds a control row ``none@float16`` (the float checkpoint run in float16) so the
+weight rounding and the float16 arithmetic can be told apart.
 
 The engines run one after the other in this process (the float one first), each closed before
 the next starts.
@@ -25,6 +31,8 @@ the next starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import statistics
 import sys
@@ -39,7 +47,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 
 from sagellm.accel.quantization.accuracy import (  # noqa: E402
     AccuracyThresholds,
+    AgreementMetrics,
     KVAccuracyReport,
+    WeightAccuracyReport,
     argmax_agreement,
     first_divergence,
     greedy_agreement,
@@ -59,6 +69,8 @@ class GuardConfig:
 
     model: str
     kv_dtypes: tuple[str, ...] = ("int8", "int4")
+    weight_formats: tuple[str, ...] = ()
+    group_size: int = 128
     prompts: int = 32
     new_tokens: int = 64
     prompt_seed: int = 0
@@ -74,7 +86,7 @@ class GuardConfig:
 @dataclass
 class GuardResult:
     config: GuardConfig
-    reports: dict[str, KVAccuracyReport]
+    reports: dict[str, AgreementMetrics]
     reference_self_agreement: float
     timings_s: dict[str, float]
 
@@ -229,6 +241,51 @@ def _run_engine(cfg: GuardConfig, quant_policy: int, prompts, teacher_seqs, ppl_
     return generated, sequences, forced, ppl_logits
 
 
+def _metrics(cfg, generated, forced, ppl_logits, *, reference, prompts, ppl_targets, ref_forced,
+             reference_ppl) -> dict:
+    """The ``AgreementMetrics`` fields of one quantized engine's outputs vs the float engine's."""
+    divergence = [cfg.new_tokens if d is None else d for d in first_divergence(reference, generated)]
+    return dict(
+        prompts=len(prompts),
+        new_tokens=cfg.new_tokens,
+        greedy_agreement=greedy_agreement(reference, generated).rate,
+        identical_sequences=sum(int(a == b) for a, b in zip(reference, generated)),
+        mean_first_divergence=statistics.fmean(divergence),
+        teacher_forced_agreement=argmax_agreement(ref_forced, forced).rate,
+        reference_perplexity=reference_ppl,
+        perplexity=perplexity(ppl_logits, ppl_targets),
+        perplexity_tokens=sum(len(t) for t in ppl_targets),
+    )
+
+
+@contextlib.contextmanager
+def _quantized(cfg: GuardConfig, fmt: str):
+    """``cfg.model`` quantized into ``fmt`` in a temporary directory (``sage quantize``'s library)."""
+    import tempfile
+
+    from sagellm.accel.quantization.checkpoint import quantize_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix=f"accuracy_guard_{fmt}_") as tmp:
+        quantize_checkpoint(cfg.model, Path(tmp) / fmt, fmt, cfg.group_size)
+        yield str(Path(tmp) / fmt)
+
+
+@contextlib.contextmanager
+def _as_is(path: str):
+    yield path
+
+
+def _weight_variants(cfg: GuardConfig):
+    """(format, context manager giving the model dir, engine dtype) of each weight comparison."""
+    from sagellm.accel.quantization.checkpoint import WEIGHT_QUANT_FORMATS
+
+    specs = [WEIGHT_QUANT_FORMATS.get(fmt) for fmt in cfg.weight_formats]
+    if any(spec.quant_method == "awq" for spec in specs) and cfg.dtype != "float16":
+        yield "none", _as_is(cfg.model), "float16"  # control: what float16 alone does
+    for spec in specs:
+        yield spec.name, _quantized(cfg, spec.name), "float16" if spec.quant_method == "awq" else cfg.dtype
+
+
 def run_guard(cfg: GuardConfig) -> GuardResult:
     from lmdeploy.tokenizer import Tokenizer
 
@@ -245,26 +302,26 @@ def run_guard(cfg: GuardConfig) -> GuardResult:
     self_agreement = target_argmax_agreement(ref_forced, reference).rate
     reference_ppl = perplexity(ref_ppl_logits, ppl_targets)
 
-    reports: dict[str, KVAccuracyReport] = {}
+    common = dict(reference=reference, prompts=prompts, ppl_targets=ppl_targets, ref_forced=ref_forced,
+                  reference_ppl=reference_ppl)
+    reports: dict[str, AgreementMetrics] = {}
     for kv_dtype in cfg.kv_dtypes:
         policy = QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy()
         t0 = time.perf_counter()
         generated, _, forced, ppl_logits = _run_engine(cfg, policy, prompts, sequences, ppl_docs)
         timings[kv_dtype] = time.perf_counter() - t0
-        divergence = [cfg.new_tokens if d is None else d for d in first_divergence(reference, generated)]
-        reports[kv_dtype] = KVAccuracyReport(
-            kv_dtype=kv_dtype,
-            quant_policy=policy,
-            prompts=len(prompts),
-            new_tokens=cfg.new_tokens,
-            greedy_agreement=greedy_agreement(reference, generated).rate,
-            identical_sequences=sum(int(a == b) for a, b in zip(reference, generated)),
-            mean_first_divergence=statistics.fmean(divergence),
-            teacher_forced_agreement=argmax_agreement(ref_forced, forced).rate,
-            reference_perplexity=reference_ppl,
-            perplexity=perplexity(ppl_logits, ppl_targets),
-            perplexity_tokens=sum(len(t) for t in ppl_targets),
-        )
+        report = KVAccuracyReport(kv_dtype=kv_dtype, quant_policy=policy,
+                                  **_metrics(cfg, generated, forced, ppl_logits, **common))
+        reports[report.label] = report
+    for fmt, model, engine_dtype in _weight_variants(cfg):
+        t0 = time.perf_counter()
+        with model as path:
+            variant = dataclasses.replace(cfg, model=path, dtype=engine_dtype)
+            generated, _, forced, ppl_logits = _run_engine(variant, 0, prompts, sequences, ppl_docs)
+        report = WeightAccuracyReport(weight_format=fmt, engine_dtype=engine_dtype,
+                                      **_metrics(cfg, generated, forced, ppl_logits, **common))
+        timings[report.label] = time.perf_counter() - t0
+        reports[report.label] = report
     return GuardResult(cfg, reports, self_agreement, timings)
 
 
@@ -275,7 +332,7 @@ def write_markdown(path: Path, result: GuardResult, timestamp: str, train_steps:
     cfg = result.config
     trained = f", trained {train_steps} steps on the local corpus first" if train_steps else ", weights as given"
     lines = [
-        f"# KV-cache quantization accuracy guard — {timestamp}",
+        f"# Quantization accuracy guard — {timestamp}",
         "",
         f"- Model: `{cfg.model}` (dtype {cfg.dtype}{trained}), engine: LMDeploy PyTorch engine, device_type=cpu",
         f"- Greedy: {cfg.prompts} prompts (`sample_prompts`, seed {cfg.prompt_seed}) × {cfg.new_tokens} new tokens, "
@@ -283,17 +340,26 @@ def write_markdown(path: Path, result: GuardResult, timestamp: str, train_steps:
         f"- Perplexity: {cfg.ppl_docs} held-out corpus documents × {cfg.ppl_tokens} tokens "
         f"(corpus seed {PPL_CORPUS_SEED})",
         f"- Float engine, prefill argmax vs its own greedy decode: {result.reference_self_agreement:.4f}",
-        "",
-        "| KV | quant_policy | greedy agreement | identical seqs | mean first divergence | teacher-forced "
-        "agreement | ppl float | ppl quant | ppl Δ (rel) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in result.reports.values():
-        lines.append(
-            f"| {r.kv_dtype} | {r.quant_policy} | {r.greedy_agreement:.4f} | {r.identical_sequences}/{r.prompts} | "
-            f"{r.mean_first_divergence:.1f} | {r.teacher_forced_agreement:.4f} | {r.reference_perplexity:.2f} | "
-            f"{r.perplexity:.2f} | {r.perplexity_delta:+.2f} ({r.perplexity_rel_delta:+.2%}) |"
-        )
+    metrics = "greedy agreement | identical seqs | mean first divergence | teacher-forced agreement | ppl float | " \
+              "ppl quant | ppl Δ (rel) |"
+
+    def row(r) -> str:
+        return (f"{r.greedy_agreement:.4f} | {r.identical_sequences}/{r.prompts} | {r.mean_first_divergence:.1f} | "
+                f"{r.teacher_forced_agreement:.4f} | {r.reference_perplexity:.2f} | {r.perplexity:.2f} | "
+                f"{r.perplexity_delta:+.2f} ({r.perplexity_rel_delta:+.2%}) |")
+
+    kv = [r for r in result.reports.values() if isinstance(r, KVAccuracyReport)]
+    weights = [r for r in result.reports.values() if isinstance(r, WeightAccuracyReport)]
+    if kv:
+        lines += ["", "KV-cache quantization (weights float):", "",
+                  "| KV | quant_policy | " + metrics, "|---|---:|" + "---:|" * 7]
+        lines += [f"| {r.kv_dtype} | {r.quant_policy} | " + row(r) for r in kv]
+    if weights:
+        lines += ["", f"Weight quantization (`sage quantize`, group size {cfg.group_size}; KV float; reference: the "
+                  f"float checkpoint in {cfg.dtype}; `none@float16` = the float checkpoint run in float16):", "",
+                  "| weights | engine dtype | " + metrics, "|---|---|" + "---:|" * 7]
+        lines += [f"| {r.weight_format} | {r.engine_dtype} | " + row(r) for r in weights]
     lines.append("")
     path.write_text("\n".join(lines))
 
@@ -303,7 +369,7 @@ def _per_dtype(values: list[str], flag: str) -> dict[str, float]:
     for item in values:
         name, sep, number = item.partition("=")
         if not sep:
-            raise SystemExit(f"{flag}: expected KV_DTYPE=VALUE, got {item!r}")
+            raise SystemExit(f"{flag}: expected NAME=VALUE (a KV dtype or weight format), got {item!r}")
         out[name] = float(number)
     return out
 
@@ -312,7 +378,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", help="HF model directory (default: sagellm.models.tiny.ensure_default_model())")
-    p.add_argument("--kv-dtypes", default="int8,int4", help="comma-separated quantized KV dtypes to compare")
+    p.add_argument("--kv-dtypes", default="int8,int4", help="comma-separated quantized KV dtypes to compare ('' none)")
+    p.add_argument("--weight-formats", default="",
+                   help="comma-separated `sage quantize` formats to compare (awq-w4, awq-w8, w8)")
+    p.add_argument("--group-size", type=int, default=128, help="group size of the awq-* formats")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt-seed", type=int, default=0)
@@ -322,9 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=0,
                    help="first train the model this many steps on the local corpus (batch 8 x 64 tokens) into a "
                         "temporary directory and measure that; 0: measure the model as given")
-    p.add_argument("--min-greedy-agreement", action="append", default=[], metavar="KV=RATE")
-    p.add_argument("--min-teacher-forced-agreement", action="append", default=[], metavar="KV=RATE")
-    p.add_argument("--max-ppl-rel-delta", action="append", default=[], metavar="KV=FRACTION")
+    p.add_argument("--min-greedy-agreement", action="append", default=[], metavar="NAME=RATE")
+    p.add_argument("--min-teacher-forced-agreement", action="append", default=[], metavar="NAME=RATE")
+    p.add_argument("--max-ppl-rel-delta", action="append", default=[], metavar="NAME=FRACTION")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON + Markdown")
     p.add_argument("--no-write", action="store_true", help="print only")
     return p.parse_args(argv)
@@ -337,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         from sagellm.models.tiny import ensure_default_model
 
         model = str(ensure_default_model())
-    settings = dict(kv_dtypes=tuple(x for x in args.kv_dtypes.split(",") if x), prompts=args.prompts,
+    settings = dict(kv_dtypes=tuple(x for x in args.kv_dtypes.split(",") if x),
+                    weight_formats=tuple(x for x in args.weight_formats.split(",") if x), group_size=args.group_size,
+                    prompts=args.prompts,
                     new_tokens=args.new_tokens, prompt_seed=args.prompt_seed, ppl_docs=args.ppl_docs,
                     ppl_tokens=args.ppl_tokens, dtype=args.dtype)
     if args.train_steps:

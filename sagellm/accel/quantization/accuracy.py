@@ -15,6 +15,7 @@ Pure functions over token ids and logits; the engine runs live in ``scripts/accu
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -103,23 +104,19 @@ def perplexity(logits: Sequence[torch.Tensor], targets: Sequence[Sequence[int]])
 
 
 @dataclass(frozen=True)
-class KVAccuracyReport:
-    """Quantized-KV engine vs float-KV engine on the same model, prompts and corpus.
+class AgreementMetrics(ABC):
+    """A quantized engine vs the float engine on the same prompts and corpus (base of the reports).
 
     Attributes:
-        kv_dtype: ``int8`` or ``int4``.
-        quant_policy: LMDeploy's ``quant_policy`` (8, 4).
         prompts, new_tokens: workload of the greedy comparison.
         greedy_agreement: free-running position agreement (see the module docstring).
         identical_sequences: prompts whose whole continuation is identical.
         mean_first_divergence: mean index of the first differing token (``new_tokens`` when identical).
         teacher_forced_agreement: argmax agreement on identical histories.
-        reference_perplexity, perplexity: float-KV and quantized-KV perplexity on the corpus.
+        reference_perplexity, perplexity: float and quantized perplexity on the corpus.
         perplexity_tokens: corpus tokens scored.
     """
 
-    kv_dtype: str
-    quant_policy: int
     prompts: int
     new_tokens: int
     greedy_agreement: float
@@ -129,6 +126,11 @@ class KVAccuracyReport:
     reference_perplexity: float
     perplexity: float
     perplexity_tokens: int
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """The name thresholds and tables use for this comparison."""
 
     @property
     def perplexity_delta(self) -> float:
@@ -148,6 +150,36 @@ class KVAccuracyReport:
 
 
 @dataclass(frozen=True)
+class KVAccuracyReport(AgreementMetrics):
+    """Quantized-KV engine vs float-KV engine (``kv_dtype`` ``int8`` / ``int4``, LMDeploy ``quant_policy`` 8 / 4)."""
+
+    kv_dtype: str = ""
+    quant_policy: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.kv_dtype
+
+
+@dataclass(frozen=True)
+class WeightAccuracyReport(AgreementMetrics):
+    """Weight-quantized checkpoint vs the float checkpoint.
+
+    Attributes:
+        weight_format: ``sage quantize`` format (``awq-w4``, ``awq-w8``, ``w8``), or ``none`` for a
+            control row (the float checkpoint run in ``engine_dtype``).
+        engine_dtype: the dtype the engine ran in (LMDeploy runs AWQ checkpoints in float16).
+    """
+
+    weight_format: str = ""
+    engine_dtype: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.weight_format if self.weight_format != "none" else f"none@{self.engine_dtype}"
+
+
+@dataclass(frozen=True)
 class AccuracyThresholds:
     """Lower bounds on agreement and an upper bound on relative perplexity increase (None = not checked)."""
 
@@ -162,24 +194,24 @@ class AccuracyThresholds:
             if value is not None:
                 check_float(owner, name, value, minimum=0.0)
 
-    def violations(self, report: KVAccuracyReport) -> list[str]:
+    def violations(self, report: AgreementMetrics) -> list[str]:
         """Human-readable failures of ``report`` against these thresholds (empty when it passes)."""
         failures = []
         if self.min_greedy_agreement is not None and report.greedy_agreement < self.min_greedy_agreement:
             failures.append(
-                f"{report.kv_dtype}: greedy agreement {report.greedy_agreement:.4f} < {self.min_greedy_agreement}"
+                f"{report.label}: greedy agreement {report.greedy_agreement:.4f} < {self.min_greedy_agreement}"
             )
         if (
             self.min_teacher_forced_agreement is not None
             and report.teacher_forced_agreement < self.min_teacher_forced_agreement
         ):
             failures.append(
-                f"{report.kv_dtype}: teacher-forced agreement {report.teacher_forced_agreement:.4f} "
+                f"{report.label}: teacher-forced agreement {report.teacher_forced_agreement:.4f} "
                 f"< {self.min_teacher_forced_agreement}"
             )
         if self.max_perplexity_rel_delta is not None and report.perplexity_rel_delta > self.max_perplexity_rel_delta:
             failures.append(
-                f"{report.kv_dtype}: perplexity +{report.perplexity_rel_delta:.2%} > +{self.max_perplexity_rel_delta:.2%}"
+                f"{report.label}: perplexity +{report.perplexity_rel_delta:.2%} > +{self.max_perplexity_rel_delta:.2%}"
             )
         return failures
 
