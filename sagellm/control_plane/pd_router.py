@@ -224,8 +224,6 @@ class PDRouter:
 
     # ------------------------------------------------------------------ forwarding
     async def forward(self, request: Request) -> Any:
-        from fastapi.responses import Response
-
         path = request.url.path
         raw = await request.body()
         try:

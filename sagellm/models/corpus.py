@@ -339,7 +339,7 @@ class CorpusGenerator:
         """A few lines of a small function, indented with four spaces."""
         rng = self.rng
         fn, arg = self._ident(rng), self._ident(rng)
-        body = [f"def {fn}({arg}):", f"    total = 0", f"    for item in {arg}:"]
+        body = [f"def {fn}({arg}):", "    total = 0", f"    for item in {arg}:"]
         body.append(f"        total += item {rng.choice(_OPS)} {rng.randint(1, 9)}")
         body.append("    return total")
         return "\n".join(body)
