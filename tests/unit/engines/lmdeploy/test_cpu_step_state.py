@@ -16,9 +16,9 @@ from sagellm.engines.lmdeploy.cpu.threads import ThreadPolicy, flop_per_token
 
 
 def test_config_from_environment():
-    env = {"SAGELLM_CPU_THREADS": "3", "SAGELLM_CPU_DENSE_KV_MIB": "0", "SAGELLM_CPU_COMPILE": "yes"}
+    env = {"SAGELLM_CPU_THREADS": "3", "SAGELLM_CPU_DENSE_KV_MIB": "0"}
     config = load_config(CpuDeviceConfig, env=env)
-    assert (config.cpu_threads, config.cpu_dense_kv_mib, config.cpu_compile) == (3, 0, True)
+    assert (config.cpu_threads, config.cpu_dense_kv_mib) == (3, 0)
     assert load_config(CpuDeviceConfig, env={}) == CpuDeviceConfig()
 
 
