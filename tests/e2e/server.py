@@ -53,14 +53,15 @@ class RunningServer:
             self.process.wait(timeout=30)
 
 
-def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict | None = None) -> RunningServer:
+def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict | None = None,
+                 device: str = "cpu") -> RunningServer:
     """Start the server, once more if LMDeploy's startup handshake lost its race (see STARTUP_RACE)."""
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         log_file = log_path if attempt == 1 else log_path.with_name(f"{log_path.stem}-{attempt}{log_path.suffix}")
         port = SagePorts.allocate()
         command = [
             sys.executable, "-m", "sagellm.cli.main", "llm", "engine", "start", str(model_dir),
-            "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--no-sample", *extra_args,
+            "--device", device, "--host", "127.0.0.1", "--port", str(port), "--no-sample", *extra_args,
         ]
         with open(log_file, "w") as log:
             process = subprocess.Popen(

@@ -5,16 +5,17 @@ from __future__ import annotations
 import torch
 
 
-def transformers_greedy(model_dir, prompts_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+def transformers_greedy(model_dir, prompts_ids: list[list[int]], max_new_tokens: int, *,
+                        device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[list[int]]:
     """Greedy continuations from ``transformers.generate(do_sample=False)``, one prompt at a time (no padding)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     model.eval()
     outputs = []
     with torch.inference_mode():
         for ids in prompts_ids:
-            input_ids = torch.tensor([ids])
+            input_ids = torch.tensor([ids], device=device)
             generated = model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
