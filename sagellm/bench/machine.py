@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -50,9 +51,22 @@ def machine_info() -> dict:
         "mem_total_gib": round(int(mem.split()[0]) / 2**20, 1) if mem else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "gpu": False,
+        "gpus": gpu_names(),
         "loadavg_1_5_15": loadavg(),
     }
+
+
+def gpu_names() -> list[str]:
+    """One ``"name, memory"`` entry per NVIDIA GPU that ``nvidia-smi`` lists; empty without one."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return []
+    try:
+        out = subprocess.run([tool, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 def git_commit(root: Path = REPO_ROOT) -> str | None:

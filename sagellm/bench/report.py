@@ -99,7 +99,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report.get('suite_description', '')}",
         "",
         f"- Machine: {m.get('cpu_model')}, {m.get('usable_cpus')} usable CPUs, {m.get('mem_total_gib')} GiB RAM, "
-        f"no GPU; load average at start {m.get('loadavg_1_5_15')}",
+        f"{'; '.join(m.get('gpus') or []) or 'no GPU'}; load average at start {m.get('loadavg_1_5_15')}",
     ]
     if peak:
         flops = peak.get("matmul_flops") or {}
