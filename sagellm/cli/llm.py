@@ -77,7 +77,16 @@ def start(
         kv_tiers=options.kv_tier_config(),
         pd=options.pd_config(),
         scheduler=options.scheduler_config(),
+        spec_decode=options.spec_decode_profile(),
     )
+    if server_config.spec_decode is not None:
+        from sagellm.engines.lmdeploy.spec_decode import speculative_config
+
+        try:  # the draft/target pair, before any engine process starts
+            speculative_config(server_config.spec_decode, model)
+        except ValueError as err:
+            typer.echo(f"error: --draft-model {server_config.spec_decode.draft_model}: {err}", err=True)
+            raise typer.Exit(2) from None
     entry = local_engines.LocalEngineRecord(
         pid=os.getpid(),
         engine_kind=options.engine_kind,

@@ -113,6 +113,15 @@ class EngineStartConfig:
     sched_tenant_weights: dict[str, float] = field(
         default_factory=dict, metadata=dict(SchedulerConfig.__dataclass_fields__["sched_tenant_weights"].metadata)
     )
+    sched_decode_loops: int = _same_as(SchedulerConfig, "sched_decode_loops")
+    draft_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "speculative decoding: a small causal LM checkpoint sharing the model's vocabulary "
+                          "(Llama-architecture targets); None: off. Greedy output stays token-identical"},
+    )
+    num_speculative_tokens: int = field(
+        default=3, metadata={"help": "speculative decoding: draft tokens proposed per step (1..16)"}
+    )
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -138,6 +147,11 @@ class EngineStartConfig:
             raise invalid(owner, "block_size", self.block_size, "a power of two >= 16 (16, 32, 64, 128, ...)")
         if self.model_name is not None:
             check_str(owner, "model_name", self.model_name)
+        if self.draft_model is not None:
+            check_str(owner, "draft_model", self.draft_model)
+        check_int(owner, "num_speculative_tokens", self.num_speculative_tokens, minimum=1)
+        if self.num_speculative_tokens > 16:
+            raise invalid(owner, "num_speculative_tokens", self.num_speculative_tokens, "1..16")
         object.__setattr__(self, "api_keys", tuple(k.strip() for k in self.api_keys if k.strip()))
         check_choice(owner, "log_level", self.log_level, LOG_LEVELS)
         try:
@@ -177,8 +191,16 @@ class EngineStartConfig:
         return SchedulerConfig(
             scheduler=self.scheduler, sched_trace=self.sched_trace, sched_aging_s=self.sched_aging_s,
             sched_chunk_tokens=self.sched_chunk_tokens, sched_on_unattainable=self.sched_on_unattainable,
-            sched_tenant_weights=dict(self.sched_tenant_weights),
+            sched_tenant_weights=dict(self.sched_tenant_weights), sched_decode_loops=self.sched_decode_loops,
         )
+
+    def spec_decode_profile(self):
+        """The ``SpecDecodeProfile`` (validated), or None when no draft model is set."""
+        if self.draft_model is None:
+            return None
+        from sagellm.accel.spec_decode import SpecDecodeProfile
+
+        return SpecDecodeProfile(draft_model=self.draft_model, num_speculative_tokens=self.num_speculative_tokens)
 
     def kv_transport_config(self):
         """The parsed ``KVTransportConfig``, or None when ``kv_transport`` is unset."""

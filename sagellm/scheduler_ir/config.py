@@ -76,6 +76,11 @@ class SchedulerConfig:
     sched_tenant_weights: dict[str, float] = field(
         default_factory=dict, metadata={"help": "fair: tenant=weight pairs, e.g. gold=4,free=1 (default weight 1)"}
     )
+    sched_decode_loops: int = field(
+        default=0,
+        metadata={"help": "decode steps per scheduling round (LMDeploy's prefill_interval; new requests are admitted "
+                          "only between rounds); 0: the strategy's choice (slo_aware 4, others LMDeploy's 16)"},
+    )
 
     def __post_init__(self) -> None:
         from sagellm.scheduler_ir.strategies import STRATEGIES
@@ -84,7 +89,16 @@ class SchedulerConfig:
             raise ValueError(f"scheduler: got {self.scheduler!r}; accepted: {', '.join(STRATEGIES.names())}")
         if self.sched_trace is not None:
             check_str(type(self).__name__, "sched_trace", self.sched_trace)
+        check_int(type(self).__name__, "sched_decode_loops", self.sched_decode_loops, minimum=0)
         self.options()
+
+    def decode_loops(self) -> int | None:
+        """Decode steps per round for the engine config; None: keep LMDeploy's default."""
+        if self.sched_decode_loops > 0:
+            return self.sched_decode_loops
+        from sagellm.scheduler_ir.strategies import STRATEGIES
+
+        return STRATEGIES.get(self.scheduler).decode_loops
 
     def options(self) -> StrategyOptions:
         return StrategyOptions(
@@ -105,6 +119,7 @@ def to_environment(config: SchedulerConfig) -> dict[str, str]:
         env_name("sched_chunk_tokens"): str(config.sched_chunk_tokens),
         env_name("sched_on_unattainable"): config.sched_on_unattainable,
         env_name("sched_tenant_weights"): ",".join(f"{k}={v!r}" for k, v in sorted(config.sched_tenant_weights.items())),
+        env_name("sched_decode_loops"): str(config.sched_decode_loops),
     }
     if config.sched_trace:
         env[env_name("sched_trace")] = config.sched_trace

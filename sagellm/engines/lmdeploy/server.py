@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sagellm.control_plane.ports import SagePorts
 
 if TYPE_CHECKING:
+    from sagellm.accel.spec_decode import SpecDecodeProfile
     from sagellm.comm_backend.pd_config import PDConfig
     from sagellm.comm_backend.transport_config import KVTransportConfig
     from sagellm.kv_runtime.config import KVTierConfig
@@ -48,6 +49,7 @@ class EngineServerConfig:
     kv_tiers: KVTierConfig | None = None  # None: the SAGELLM_* environment decides
     pd: PDConfig | None = None  # prefill/decode role; None: the SAGELLM_* environment decides
     scheduler: SchedulerConfig | None = None  # scheduling strategy; None: the SAGELLM_* environment decides
+    spec_decode: SpecDecodeProfile | None = None  # speculative decoding with a draft model; None: off
 
     def __post_init__(self) -> None:
         if self.cache_max_entry_count is not None and not 0 < self.cache_max_entry_count < 1:
@@ -98,6 +100,13 @@ def build_engine_config(config: EngineServerConfig, device_type: str):
     )
     if config.max_batch_size is not None:
         kwargs["max_batch_size"] = config.max_batch_size
+    loops = [] if config.scheduler is None or config.scheduler.decode_loops() is None else [config.scheduler.decode_loops()]
+    if config.spec_decode is not None:
+        from sagellm.engines.lmdeploy.spec_decode import engine_overrides
+
+        loops.append(engine_overrides(config.spec_decode, device_type)["prefill_interval"])
+    if loops:  # the shorter round serves both: admission latency and work wasted after a stop
+        kwargs["prefill_interval"] = min(loops)
     return PytorchEngineConfig(**kwargs)
 
 
@@ -188,8 +197,16 @@ def serve(config: EngineServerConfig, device_type: str) -> None:
             target=_print_sample_request, args=(base_url, model_name, config.api_keys), daemon=True
         ).start()
     os.environ.setdefault("UVICORN_LOG_LEVEL", "warning")
+    speculative = None
+    if config.spec_decode is not None:
+        from sagellm.engines.lmdeploy.spec_decode import speculative_config
+
+        speculative = speculative_config(config.spec_decode, config.model)
+        print(f"[sagellm] speculative decoding: draft {config.spec_decode.draft_model}, "
+              f"{config.spec_decode.num_speculative_tokens} tokens per step", flush=True)
     lmdeploy_serve(
         config.model,
+        speculative_config=speculative,
         model_name=model_name,
         backend="pytorch",
         backend_config=engine_config,

@@ -13,8 +13,8 @@ position early and never sees the first prompt token; with rotary position embed
 relative positions matter, so this costs acceptance only through the missing first token, never
 correctness (every draft is verified by the target).
 
-Needs the patched LMDeploy (``SpecModelAgent.warmup`` builds its dummy inputs on the engine's
-device -- see /tmp/helpers/accel-patch-request.md, to be folded into patch 0001) and a target whose
+Needs the patched LMDeploy (patch 0001: ``SpecModelAgent.warmup`` and the draft forward use the
+engine's device instead of ``'cuda'``) and a target whose
 LMDeploy config builder sets the ``ar_spec`` paradigm when a speculative method is given: in 0.11
 that is Llama-architecture targets (:data:`SPEC_TARGET_ARCHITECTURES`).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from sagellm.accel.spec_decode import AcceptanceStats, SpecDecodeProfile, check_draft_compatible
+from sagellm.accel.spec_decode import AcceptanceStats, SpecDecodeProfile, check_draft_compatible, decode_round_loops
 
 METHOD = "draft_model"
 #: Targets LMDeploy 0.11 switches to the ``ar_spec`` paradigm (``configurations/llama.py``).
@@ -144,6 +144,13 @@ def speculative_config(profile: SpecDecodeProfile, target_model: str):
         check_draft_compatible(target, _read_config(profile.draft_model, "draft"))
     return SpeculativeConfig(method=profile.method, model=profile.draft_model or "",
                              num_speculative_tokens=profile.num_speculative_tokens)
+
+
+def engine_overrides(profile: SpecDecodeProfile, device_type: str) -> dict:
+    """``PytorchEngineConfig`` fields speculative decoding needs on ``device_type`` (see ``decode_round_loops``)."""
+    from sagellm.engines.lmdeploy.scheduling import SYNCHRONOUS_DEVICES
+
+    return {"prefill_interval": decode_round_loops(profile.num_speculative_tokens, device_type in SYNCHRONOUS_DEVICES)}
 
 
 def acceptance_stats(engine) -> AcceptanceStats | None:

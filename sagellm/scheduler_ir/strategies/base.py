@@ -28,10 +28,13 @@ class SchedulingStrategy(ABC):
     Attributes:
         name: the registry name.
         stock: True when every decision equals LMDeploy's own (the seam may skip consulting it).
+        decode_loops: decode steps per scheduling round the strategy wants (LMDeploy's
+            ``prefill_interval``; requests are admitted only between rounds); None: LMDeploy's 16.
     """
 
     name: ClassVar[str] = ""
     stock: ClassVar[bool] = False
+    decode_loops: ClassVar[int | None] = None
 
     def __init__(self, options: StrategyOptions | None = None) -> None:
         self.options = options or StrategyOptions()

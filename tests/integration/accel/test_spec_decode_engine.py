@@ -47,10 +47,12 @@ def prompt_ids(target):
 def _pipe(target, profile=None, **overrides):
     from lmdeploy import PytorchEngineConfig, pipeline
 
-    from sagellm.engines.lmdeploy.spec_decode import speculative_config
+    from sagellm.engines.lmdeploy.spec_decode import engine_overrides, speculative_config
 
     engine = dict(device_type="cpu", dtype="float32", block_size=16, session_len=1024, num_gpu_blocks=256,
                   max_batch_size=8, eager_mode=True)
+    if profile is not None:
+        engine.update(engine_overrides(profile, "cpu"))
     engine.update(overrides)
     spec = None if profile is None else speculative_config(profile, target)
     return pipeline(target, backend_config=PytorchEngineConfig(**engine), speculative_config=spec, log_level="ERROR")

@@ -89,27 +89,6 @@ def test_greedy_agrees_with_transformers_float16(tiny_model_dir, arch, eager):
     assert sum(a == b for a, b in zip(single, batched[:4])) >= 3
 
 
-@pytest.fixture
-def install_tiers():
-    from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
-
-    from sagellm.engines.lmdeploy.kv_tiers import TieredPrefixCache
-
-    previous = get_kv_hooks()
-    installed = []
-
-    def install(config: KVTierConfig) -> TieredPrefixCache:
-        hooks = TieredPrefixCache(config)
-        set_kv_hooks(hooks)
-        installed.append(hooks)
-        return hooks
-
-    yield install
-    for hooks in installed:
-        hooks.close()
-    set_kv_hooks(previous)
-
-
 def test_host_tier_restore_equals_a_device_resident_prefix(tiny_model_dir, install_tiers):
     """Second questions on four documents: prefixes restored from host DRAM after eviction give the
     same tokens as prefixes that stayed in device memory (same matched length, same kernels)."""

@@ -41,3 +41,12 @@ def test_draft_must_share_the_vocabulary():
     check_draft_compatible(target, dict(target, hidden_size=64))
     with pytest.raises(ValueError, match="vocab_size: target 8192, draft 4096"):
         check_draft_compatible(target, dict(target, vocab_size=4096))
+
+
+@pytest.mark.parametrize("tokens, synchronous, loops", [
+    (4, True, 4), (2, True, 6), (1, True, 8), (15, True, 2), (16, True, 2), (4, False, 16), (1, False, 16),
+])
+def test_decode_round_loops_cover_about_16_tokens_on_synchronous_devices(tokens, synchronous, loops):
+    from sagellm.accel.spec_decode import decode_round_loops
+
+    assert decode_round_loops(tokens, synchronous) == loops

@@ -44,6 +44,8 @@ def test_precedence_file_env_flag(tmp_path):
         ({"kv_tiers": "device,ssd"}, "ssd_cache_dir: required when the ssd tier is on"),
         ({"kv_policy": "mru"}, "kv_policy: got 'mru'; accepted: cost_aware, lfu, lru"),
         ({"prefix_caching": "maybe"}, "option 'prefix_caching' from flag --prefix-caching: got 'maybe'; accepted: a boolean"),
+        ({"num_speculative_tokens": "0"}, "num_speculative_tokens: got 0; accepted: an integer >= 1"),
+        ({"num_speculative_tokens": "17"}, "num_speculative_tokens: got 17; accepted: 1..16"),
     ],
 )
 def test_invalid_values_name_the_option_and_what_is_accepted(overrides, message):
@@ -109,3 +111,27 @@ def test_kv_tier_options_layer_and_reach_the_engine_environment(tmp_path):
     # what the engine-process plugin reads back is the same config
     assert load_config(KVTierConfig, env=to_environment(tiers)) == tiers
     assert EngineStartConfig().kv_tier_config() == KVTierConfig()
+
+
+def test_speculative_decoding_options_build_the_profile(tmp_path):
+    env = {"SAGELLM_DRAFT_MODEL": "/drafts/small"}
+    cfg = load_config(EngineStartConfig, env=env, overrides={"num_speculative_tokens": "4"})
+    profile = cfg.spec_decode_profile()
+    assert (profile.method, profile.draft_model, profile.num_speculative_tokens) == ("draft_model", "/drafts/small", 4)
+    assert EngineStartConfig().spec_decode_profile() is None
+
+
+def test_cli_rejects_a_draft_without_the_targets_vocabulary(tiny_model_dir, tmp_path):
+    import json
+
+    from sagellm.cli.main import app
+
+    target = tiny_model_dir("llama")
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    config = json.loads((target / "config.json").read_text())
+    (draft / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] * 2}))
+    result = CliRunner().invoke(app, ["llm", "engine", "start", str(target), "--device", "cpu",
+                                      "--draft-model", str(draft)])
+    assert result.exit_code == 2
+    assert f"--draft-model {draft}" in result.output and "vocab_size" in result.output

@@ -7,7 +7,7 @@ from sagellm.scheduler_ir import SchedulerConfig, StrategyOptions, to_environmen
 def test_env_round_trip_of_every_option():
     config = SchedulerConfig(
         scheduler="fair", sched_trace="/tmp/t.jsonl", sched_aging_s=2.5, sched_chunk_tokens=128,
-        sched_on_unattainable="defer", sched_tenant_weights={"gold": 4.0, "free": 1.0},
+        sched_on_unattainable="defer", sched_tenant_weights={"gold": 4.0, "free": 1.0}, sched_decode_loops=3,
     )
     env = to_environment(config)
     assert env["SAGELLM_SCHEDULER"] == "fair"
@@ -28,3 +28,15 @@ def test_bad_values_name_the_option_and_the_accepted_values():
         load_config(SchedulerConfig, env={"SAGELLM_SCHED_ON_UNATTAINABLE": "drop"})
     with pytest.raises(ConfigError, match=r"tenant_weights"):
         load_config(SchedulerConfig, env={"SAGELLM_SCHED_TENANT_WEIGHTS": "a=-1"})
+
+
+@pytest.mark.parametrize("scheduler, loops, expected", [
+    ("fifo", 0, None), ("priority", 0, None), ("slo_aware", 0, 4), ("slo_aware", 2, 2), ("fifo", 8, 8),
+])
+def test_decode_loops_come_from_the_strategy_unless_set(scheduler, loops, expected):
+    assert SchedulerConfig(scheduler=scheduler, sched_decode_loops=loops).decode_loops() == expected
+
+
+def test_negative_decode_loops_are_rejected():
+    with pytest.raises(ConfigError, match=r"sched_decode_loops"):
+        load_config(SchedulerConfig, env={"SAGELLM_SCHED_DECODE_LOOPS": "-1"})
