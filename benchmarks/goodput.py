@@ -477,7 +477,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--arms", default="fifo,slo_aware,priority,pd",
                     help="comma-separated: scheduler strategies (colocated engine), pd or pd-STRATEGY "
                          "(prefill/decode disaggregated behind the PD router)")
-    ap.add_argument("--rates", default="1,1.5,2,2.5,3,3.5", help="Poisson rates to sweep, req/s")
+    ap.add_argument("--rates", default="0.5,1,1.5,2,2.5,3", help="Poisson rates to sweep, req/s")
     ap.add_argument("--requests", type=int, default=80, help="requests per rate")
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--calibration", type=int, default=5, help="idle requests per class for the SLO baseline")
