@@ -40,6 +40,14 @@ def start(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    if options.draft_model is not None and options.model is not None:
+        from sagellm.engines.lmdeploy.spec_decode import check_pair
+
+        try:  # the draft/target pair, before anything is started or exported
+            check_pair(options.spec_decode_profile(), options.model)
+        except ValueError as err:
+            typer.echo(f"error: --draft-model {options.draft_model}: {err}", err=True)
+            raise typer.Exit(2) from None
     # Before anything imports prometheus_client: metrics of the engine process reach /metrics.
     from sagellm.telemetry.multiproc import prepare_multiprocess_dir
 
@@ -79,14 +87,6 @@ def start(
         scheduler=options.scheduler_config(),
         spec_decode=options.spec_decode_profile(),
     )
-    if server_config.spec_decode is not None:
-        from sagellm.engines.lmdeploy.spec_decode import speculative_config
-
-        try:  # the draft/target pair, before any engine process starts
-            speculative_config(server_config.spec_decode, model)
-        except ValueError as err:
-            typer.echo(f"error: --draft-model {server_config.spec_decode.draft_model}: {err}", err=True)
-            raise typer.Exit(2) from None
     entry = local_engines.LocalEngineRecord(
         pid=os.getpid(),
         engine_kind=options.engine_kind,

@@ -123,6 +123,19 @@ def _read_config(model: str, role: str) -> dict:
     return json.loads(path.read_text())
 
 
+def check_pair(profile: SpecDecodeProfile, target_model: str) -> None:
+    """Raise ``ValueError`` when ``profile``'s draft cannot speculate for ``target_model`` (reads the
+    checkpoints' config.json only: no LMDeploy import, so callers can check before any engine starts)."""
+    target = _read_config(target_model, "target")
+    architecture = (target.get("architectures") or ["?"])[0]
+    if architecture not in SPEC_TARGET_ARCHITECTURES:
+        raise ValueError(
+            f"speculative decoding: target architecture {architecture!r} is not supported by LMDeploy 0.11's "
+            f"speculative paradigm; accepted: {', '.join(SPEC_TARGET_ARCHITECTURES)}"
+        )
+    check_draft_compatible(target, _read_config(profile.draft_model, "draft"))
+
+
 def speculative_config(profile: SpecDecodeProfile, target_model: str):
     """LMDeploy's ``SpeculativeConfig`` for ``profile``, after checking the pair can work.
 
@@ -133,15 +146,8 @@ def speculative_config(profile: SpecDecodeProfile, target_model: str):
     from lmdeploy.messages import SpeculativeConfig
 
     if profile.method == METHOD:
+        check_pair(profile, target_model)
         install_spec_decode()
-        target = _read_config(target_model, "target")
-        architecture = (target.get("architectures") or ["?"])[0]
-        if architecture not in SPEC_TARGET_ARCHITECTURES:
-            raise ValueError(
-                f"speculative decoding: target architecture {architecture!r} is not supported by LMDeploy 0.11's "
-                f"speculative paradigm; accepted: {', '.join(SPEC_TARGET_ARCHITECTURES)}"
-            )
-        check_draft_compatible(target, _read_config(profile.draft_model, "draft"))
     return SpeculativeConfig(method=profile.method, model=profile.draft_model or "",
                              num_speculative_tokens=profile.num_speculative_tokens)
 

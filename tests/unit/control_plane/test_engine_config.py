@@ -121,8 +121,9 @@ def test_speculative_decoding_options_build_the_profile(tmp_path):
     assert EngineStartConfig().spec_decode_profile() is None
 
 
-def test_cli_rejects_a_draft_without_the_targets_vocabulary(tiny_model_dir, tmp_path):
+def test_cli_rejects_a_draft_without_the_targets_vocabulary(tiny_model_dir, tmp_path, monkeypatch):
     import json
+    import os
 
     from sagellm.cli.main import app
 
@@ -131,7 +132,9 @@ def test_cli_rejects_a_draft_without_the_targets_vocabulary(tiny_model_dir, tmp_
     draft.mkdir()
     config = json.loads((target / "config.json").read_text())
     (draft / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] * 2}))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     result = CliRunner().invoke(app, ["llm", "engine", "start", str(target), "--device", "cpu",
                                       "--draft-model", str(draft)])
     assert result.exit_code == 2
     assert f"--draft-model {draft}" in result.output and "vocab_size" in result.output
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # rejected before anything was set up
