@@ -26,7 +26,7 @@ p50/p95/p99 per class, rejections. Then:
 * *SLO capacity* (DistServe's goodput): the highest rate at which an arm still attains >= 90 %
   (linear interpolation between swept rates), and its ratio to fifo's.
 
-Run (about 15 minutes on the 2-core machine with the defaults)::
+Run (about 25 minutes on the 2-core machine with the defaults)::
 
     flock /tmp/sagellm-bench.lock .venv/bin/python benchmarks/goodput.py
     .venv/bin/python benchmarks/goodput.py --rates 1,2,3 --requests 60 --arms fifo,slo_aware
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import subprocess
@@ -58,6 +57,7 @@ if str(REPO_ROOT) not in sys.path:
 from sagellm.bench.client import Endpoint, RequestRecord, send  # noqa: E402
 from sagellm.bench.machine import git_state, loadavg, machine_info  # noqa: E402
 from sagellm.bench.peers import RunningPeer, PeerSpec, wait_ready  # noqa: E402
+from sagellm.bench.report import write_result_files  # noqa: E402
 from sagellm.bench.stats import percentile  # noqa: E402
 from sagellm.bench.workloads import TextSource  # noqa: E402
 
@@ -534,11 +534,7 @@ def main(argv=None) -> int:
         "At one rate the goodput ratio to fifo is bounded by 1 / attainment(fifo); the SLO-capacity ratio "
         "compares the sustainable rates instead.",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / f"goodput-{stamp}.json"
-    json_path.write_text(json.dumps(report, indent=2))
-    md_path = args.out / f"goodput-{stamp}.md"
-    md_path.write_text(render_markdown(report))
+    json_path, md_path = write_result_files(args.out, f"goodput-{stamp}", report, render_markdown(report))
     print(f"[goodput] {report['verdict']}\n[goodput] wrote {json_path} and {md_path}", flush=True)
     return 0
 

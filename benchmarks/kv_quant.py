@@ -43,6 +43,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from sagellm.bench.machine import git_commit, machine_info  # noqa: E402
+from sagellm.bench.report import write_result_files  # noqa: E402
 from sagellm.core.quant import QuantizationProfile  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -242,7 +243,7 @@ def add_ratios(results: list[dict]) -> None:
                     r["at_capacity"]["output_tok_per_s"] / b["at_capacity"]["output_tok_per_s"], 3)
 
 
-def write_markdown(path: Path, report: dict) -> None:
+def render_markdown(report: dict) -> str:
     a = report["args"]
     m = report["machine"]
     s = report["model_shape"]
@@ -270,7 +271,7 @@ def write_markdown(path: Path, report: dict) -> None:
     lines += ["", "Peak running = largest number of sequences the scheduler held running at once during the "
               "capacity pass (equal to the capacity when all fit concurrently); preemptions = running sequences "
               "sent back to waiting for lack of blocks during that pass (0: the capacity is real).", ""]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def parse_args(argv=None):
@@ -318,10 +319,8 @@ def main(argv=None) -> int:
               "results": results}
     print(json.dumps(report, indent=2))
     if not args.no_write:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"kv_quant-{timestamp}.json").write_text(json.dumps(report, indent=2))
-        write_markdown(args.out / f"kv_quant-{timestamp}.md", report)
-        print(f"[kv_quant] wrote {args.out}/kv_quant-{timestamp}.json and .md")
+        json_path, md_path = write_result_files(args.out, f"kv_quant-{timestamp}", report, render_markdown(report))
+        print(f"[kv_quant] wrote {json_path} and {md_path}")
     return 0
 
 

@@ -44,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from sagellm.accel.spec_decode import SpecDecodeProfile  # noqa: E402
 from sagellm.bench.machine import git_state, machine_info, pkg_version  # noqa: E402
+from sagellm.bench.report import write_result_files  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 
@@ -235,7 +236,7 @@ def compare(results: list[dict]) -> None:
         r.pop("_batch_outputs")
 
 
-def write_markdown(path: Path, report: dict) -> None:
+def render_markdown(report: dict) -> str:
     a, m, models = report["args"], report["machine"], report["models"]
     lines = [
         f"# Speculative decoding on the {a.get('device', 'cpu')} device — {report['timestamp']}",
@@ -277,7 +278,7 @@ def write_markdown(path: Path, report: dict) -> None:
             for r in report["results"] if r["acceptance"]) + ".",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def parse_args(argv=None):
@@ -329,10 +330,8 @@ def main(argv=None) -> int:
     }
     print(json.dumps(report, indent=2))
     if not args.no_write:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"spec_decode-{timestamp}.json").write_text(json.dumps(report, indent=2))
-        write_markdown(args.out / f"spec_decode-{timestamp}.md", report)
-        print(f"[spec_decode] wrote {args.out}/spec_decode-{timestamp}.json and .md")
+        json_path, md_path = write_result_files(args.out, f"spec_decode-{timestamp}", report, render_markdown(report))
+        print(f"[spec_decode] wrote {json_path} and {md_path}")
     return 0 if all(r["identical_to_baseline"] for r in results) else 1
 
 

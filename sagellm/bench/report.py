@@ -48,6 +48,18 @@ def write_report(report: dict[str, Any], out_dir: Path, plots: bool = True) -> d
     return paths
 
 
+def write_result_files(out_dir: Path, stem: str, report: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """``OUT_DIR/STEM.json`` (the report, indented) and ``OUT_DIR/STEM.md``; returns both paths.
+
+    For the standalone benchmark scripts; suite reports go through :func:`write_report`.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2))
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 from sagellm.core.config import option_specs
 from sagellm.core.serialization import encode
 from sagellm.core.validation import check_choice, check_float, check_int, check_str, invalid
+from sagellm.accel.spec_decode import MAX_SPECULATIVE_TOKENS
 from sagellm.comm_backend.pd_config import PDConfig
 from sagellm.kv_runtime.config import KVTierConfig
 from sagellm.scheduler_ir.config import SchedulerConfig
@@ -150,8 +151,8 @@ class EngineStartConfig:
         if self.draft_model is not None:
             check_str(owner, "draft_model", self.draft_model)
         check_int(owner, "num_speculative_tokens", self.num_speculative_tokens, minimum=1)
-        if self.num_speculative_tokens > 16:
-            raise invalid(owner, "num_speculative_tokens", self.num_speculative_tokens, "1..16")
+        if self.num_speculative_tokens > MAX_SPECULATIVE_TOKENS:
+            raise invalid(owner, "num_speculative_tokens", self.num_speculative_tokens, f"1..{MAX_SPECULATIVE_TOKENS}")
         object.__setattr__(self, "api_keys", tuple(k.strip() for k in self.api_keys if k.strip()))
         check_choice(owner, "log_level", self.log_level, LOG_LEVELS)
         try:

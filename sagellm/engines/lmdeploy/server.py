@@ -100,11 +100,12 @@ def build_engine_config(config: EngineServerConfig, device_type: str):
     )
     if config.max_batch_size is not None:
         kwargs["max_batch_size"] = config.max_batch_size
-    loops = [] if config.scheduler is None or config.scheduler.decode_loops() is None else [config.scheduler.decode_loops()]
+    loops = [] if config.scheduler is None else [config.scheduler.decode_loops()]
     if config.spec_decode is not None:
         from sagellm.engines.lmdeploy.spec_decode import engine_overrides
 
         loops.append(engine_overrides(config.spec_decode, device_type)["prefill_interval"])
+    loops = [n for n in loops if n is not None]
     if loops:  # the shorter round serves both: admission latency and work wasted after a stop
         kwargs["prefill_interval"] = min(loops)
     return PytorchEngineConfig(**kwargs)

@@ -79,3 +79,12 @@ def test_write_and_load(tmp_path):
     paths["json"].write_text(json.dumps(data))
     with pytest.raises(ValueError, match="schema"):
         load_report(paths["json"])
+
+
+def test_write_result_files_writes_the_report_and_its_markdown(tmp_path):
+    from sagellm.bench.report import write_result_files
+
+    json_path, md_path = write_result_files(tmp_path / "out", "bench-1", {"a": [1, 2]}, "# title\n")
+    assert (json_path, md_path) == (tmp_path / "out" / "bench-1.json", tmp_path / "out" / "bench-1.md")
+    assert json_path.read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}'
+    assert md_path.read_text() == "# title\n"
