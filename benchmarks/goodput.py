@@ -98,10 +98,16 @@ class Request:
     arrival_s: float
 
 
-def build_requests(classes: tuple[ClassSpec, ...], tokenizer, count: int, rate: float, seed: int) -> list[Request]:
-    """``count`` requests with Poisson arrivals at ``rate``/s; the same seed gives the same classes and prompts."""
+def build_requests(classes: tuple[ClassSpec, ...], tokenizer, count: int, rate: float, seed: int,
+                   text_seed: int | None = None) -> list[Request]:
+    """``count`` requests with Poisson arrivals at ``rate``/s.
+
+    ``seed`` fixes the classes, prompt lengths and arrival gaps; ``text_seed`` (default ``seed``) the
+    prompt text. The sweep gives every rate its own text: one server serves all rates of an arm, and
+    replayed prompts would be prefix-cache hits that make later rates cheaper than earlier ones.
+    """
     rng = random.Random(seed)
-    texts = TextSource(tokenizer, seed)
+    texts = TextSource(tokenizer, seed if text_seed is None else text_seed)
     at = 0.0
     out = []
     for i in range(count):
@@ -118,6 +124,11 @@ def build_requests(classes: tuple[ClassSpec, ...], tokenizer, count: int, rate: 
         at += gap
         out.append(Request(i, chosen.name, texts.text(n_prompt, "sentence"), at / rate))
     return out
+
+
+def rate_text_seed(seed: int, rate_index: int) -> int:
+    """Prompt-text seed of the ``rate_index``-th swept rate: distinct per rate, equal across arms."""
+    return seed + 10_007 * (rate_index + 1)
 
 
 def endpoints(base_url: str, model: str, classes: tuple[ClassSpec, ...]) -> dict[str, Endpoint]:
@@ -357,8 +368,8 @@ def run_arm(arm: Arm, work: Path, classes, tokenizer, rates, count: int, seed: i
     with arm.launch(work) as (base_url, model):
         warm = build_requests(classes, tokenizer, warmup, rate=4.0, seed=seed + 7)
         run_requests(base_url, model, classes, warm)
-        for rate in rates:
-            requests = build_requests(classes, tokenizer, count, rate, seed)
+        for i, rate in enumerate(rates):
+            requests = build_requests(classes, tokenizer, count, rate, seed, text_seed=rate_text_seed(seed, i))
             started = time.monotonic()
             records = run_requests(base_url, model, classes, requests)
             window = requests[-1].arrival_s
@@ -406,7 +417,8 @@ def compare(arms: dict[str, dict], rates: list[float]) -> dict:
 def render_markdown(report: dict) -> str:
     cfg, cmp_ = report["config"], report["comparison"]
     lines = [f"# Goodput under SLOs: {', '.join(report['arms'])} ({report['timestamp']})", ""]
-    lines += [f"Model `{cfg['model']}`, {cfg['requests']} requests per rate (Poisson, same sequence scaled per rate), "
+    lines += [f"Model `{cfg['model']}`, {cfg['requests']} requests per rate (Poisson; the same classes, lengths "
+              "and arrival gaps scaled per rate, fresh prompt text per rate), "
               f"rates {cfg['rates']} req/s; machine: {report['machine'].get('cpu_model', '?')}, "
               f"{report['machine'].get('usable_cpus', '?')} usable CPUs. Same run, arms one after the other.", ""]
     lines += ["| class | share | prompt tokens | output | priority | idle TTFT | idle TPOT | SLO TTFT | SLO TPOT |",

@@ -97,25 +97,43 @@ def test_slo_aware_orders_by_ttft_slack_and_rejects_the_hopeless():
     assert decision.order == (2, 1, 3)
     assert decision.deferred == ()
     assert decision.rejected == {
-        4: "slo_ttft_ms=400 cannot be met: waited 500 ms, first token expected after about 530 ms "
-           "(0 request(s) ahead, 30 prompt tokens)"
+        4: "slo_ttft_ms=400 cannot be met: waited 500 ms, first token at the soonest after 530 ms (30 prompt tokens)"
     }
 
 
-def test_slo_aware_admission_is_queue_aware_and_rejected_work_does_not_delay_others():
-    strat = build_strategy("slo_aware")
+def test_slo_aware_serves_a_request_late_when_only_the_queue_makes_it_miss():
+    strat = build_strategy("slo_aware", StrategyOptions(chunk_tokens=0))
     snap = snapshot(
         now_s=10.0,
         waiting_seqs=[
             waiting(1, arrival_s=10.0, pending=300, slo_ttft_ms=350),  # slack 50
-            waiting(2, arrival_s=10.0, pending=100, slo_ttft_ms=360),  # slack 260; after 1: 300+100 > 360
-            waiting(3, arrival_s=10.0, pending=50, slo_ttft_ms=400),   # slack 350; after 1 only: 350 <= 400
+            waiting(2, arrival_s=10.0, pending=100, slo_ttft_ms=360),  # slack 260; with 1: one 400 ms step
+            waiting(3, arrival_s=10.0, pending=50, slo_ttft_ms=400),   # slack 350; with 1: 350 ms, both in time
         ],
     )
     decision = strat.plan_waiting(snap)
-    assert decision.order == (1, 3)
-    assert list(decision.rejected) == [2]
-    assert "first token expected after about 400 ms (1 request(s) ahead" in decision.rejected[2]
+    # 2 alone would make it (100 <= 360): not rejected, but it goes behind 3, which still can
+    assert decision.order == (1, 3, 2)
+    assert decision.rejected == {}
+    assert decision.note == "edf, 1 late"
+
+
+def test_slo_aware_first_token_simulates_split_steps_and_decode_rounds():
+    strat = build_strategy("slo_aware")
+    # 4 running sequences: a decode round is 16 loops x 10 ms = 160 ms between prefill steps
+    snap = snapshot(now_s=100.0, inflight_ms=5.0,
+                    running_seqs=[running(i, first_token_s=99.0) for i in (7, 8, 9, 10)],
+                    waiting_seqs=[waiting(1, arrival_s=100.0, pending=1000), waiting(2, arrival_s=100.0, pending=40),
+                                  waiting(3, arrival_s=100.0, pending=300, chunkable=False)])
+    seqs = list(snap.waiting)
+    # budget 400: step 1 = 256 of 1 + 40 of 2 (296 ms), 3 does not fit whole and waits;
+    # step 2 = 256 of 1 (3 still does not fit); step 3 = 256 of 1; step 4 = last 232 of 1 + ... 3 after
+    times = strat.first_token_ms(snap, seqs, budget=400, limits={1: 256})
+    assert times[2] == pytest.approx(5.0 + 296.0)
+    assert times[1] == pytest.approx(5.0 + 296 + 160 + 256 + 160 + 256 + 160 + 232)
+    assert times[3] == pytest.approx(times[1] + 160 + 300)
+    # first in order, the unsplittable prompt runs in step 1 with a 100-token chunk of 1 (400 ms)
+    assert strat.first_token_ms(snap, [seqs[2], seqs[0], seqs[1]], budget=400, limits={1: 256})[3] == pytest.approx(405.0)
 
 
 def test_slo_aware_defer_mode_holds_back_then_serves_then_rejects_after_max_defer():
@@ -143,15 +161,19 @@ def test_slo_aware_resumes_preempted_requests_first():
     assert strat.plan_waiting(snap).order == (2, 1)
 
 
-def test_slo_aware_continues_started_prefills_before_fresh_ones():
+def test_slo_aware_continues_started_prefills_first_only_under_block_pressure():
     strat = build_strategy("slo_aware")
-    snap = snapshot(now_s=100.0, waiting_seqs=[
+    seqs = [
         waiting(1, arrival_s=100.0, slo_ttft_ms=5000),                                        # tightest, fresh
         waiting(2, arrival_s=99.0, computed_tokens=64, num_blocks=4, pending=100, slo_ttft_ms=60_000),
         waiting(3, arrival_s=98.0, computed_tokens=32, num_blocks=2, pending=100, slo_ttft_ms=90_000),
         waiting(4, arrival_s=97.0, computed_tokens=64, num_blocks=0, pending=100, slo_ttft_ms=90_000),  # evicted
-    ])
-    assert strat.plan_waiting(snap).order == (2, 3, 1, 4)
+    ]
+    # 16-token blocks: the prompts need 1 + 7 + 7 + 11 = 26 more blocks
+    scarce = snapshot(now_s=100.0, waiting_seqs=seqs, free_blocks=25, total_blocks=64)
+    assert strat.plan_waiting(scarce).order == (2, 3, 1, 4)
+    plenty = snapshot(now_s=100.0, waiting_seqs=seqs, free_blocks=26, total_blocks=64)
+    assert strat.plan_waiting(plenty).order == (1, 2, 4, 3)
 
 
 def tpot_snapshot(waiting_seqs=()):
