@@ -105,6 +105,7 @@ class StepExecutor:
                     "prefill", self.strategy.describe(), plan, snapshot.waiting + snapshot.running,
                     order=step.order, deferred=step.deferred, rejected=step.rejected,
                     remainders=remainders, chunk_ends=chunk_ends,
+                    extra={"cost": snapshot.cost.to_dict(), "inflight_ms": round(snapshot.inflight_ms, 2)},
                 )
             )
         return step

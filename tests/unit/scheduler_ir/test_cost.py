@@ -60,3 +60,27 @@ def test_rejects_bad_observations():
         model.observe_decode(1, -1.0)
     with pytest.raises(ValueError, match="decay"):
         StepCostModel(decay=1.5)
+
+
+def test_an_outlier_counts_as_the_bound_once_the_line_has_weight():
+    model = StepCostModel(PRIOR, decay=1.0, outlier_factor=3.0, outlier_after=8.0)
+    for _ in range(8):
+        model.observe_decode(2, 6.0)
+    model.observe_decode(2, 150.0)  # a loop timed across a prefill step: counts as 18 ms
+    assert model.estimate().decode_fixed_ms == pytest.approx((8 * 6.0 + 18.0) / 9 - 0.2 * 2)
+
+
+def test_outliers_pass_while_the_line_is_light_and_a_lasting_change_is_followed():
+    model = StepCostModel(PRIOR, decay=0.5, outlier_factor=3.0, outlier_after=1.5)
+    model.observe_decode(1, 100.0)  # weight 0 before it: taken as is
+    assert model.estimate().decode_fixed_ms == pytest.approx(100.0 - 0.2)
+    for _ in range(10):
+        model.observe_decode(1, 5.0)
+    for _ in range(10):
+        model.observe_decode(1, 50.0)  # 10x: clipped to 3x the prediction each time, still converges
+    assert model.estimate().decode_fixed_ms == pytest.approx(50.0 - 0.2, rel=1e-2)
+
+
+def test_rejects_bad_outlier_settings():
+    with pytest.raises(ValueError, match="outlier_factor: got 0.5"):
+        StepCostModel(outlier_factor=0.5)
