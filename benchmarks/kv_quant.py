@@ -17,8 +17,11 @@ preemption (running -> waiting), and measures output throughput. A second pass r
 which isolates the per-token cost of (de)quantizing.
 
 Configurations: ``float32`` and ``bfloat16`` KV (LMDeploy 0.11 keeps KV in the model dtype, so
-these are float32 / bf16 models), ``int8`` / ``int4`` KV on a float32 model (scales in float32)
-and on a bf16 model (scales in bf16, the like-for-like comparison with bf16 KV).
+these are float32 / bf16 models), ``int8`` / ``int4`` / ``fp8_e4m3`` / ``fp8_e5m2`` KV on a float32
+model (scales in float32) and int8 / int4 / fp8_e4m3 on a bf16 model (scales in bf16, the
+like-for-like comparison with bf16 KV). fp8 is ``quant_policy`` 8 with float8 storage (the cpu
+device's ``set_kv_quant_storage``): LMDeploy allocates int8's layout -- one byte per element plus
+the per-token-per-head scale/zero -- so its bytes per token equal int8's.
 
 Writes ``benchmarks/results/kv_quant-<UTC timestamp>.json`` and ``.md``::
 
@@ -52,7 +55,7 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 @dataclass(frozen=True)
 class KVConfig:
     name: str
-    kv_dtype: str  # QuantizationProfile.kv_dtype: auto (= model dtype), int8, int4
+    kv_dtype: str  # QuantizationProfile.kv_dtype: auto (= model dtype), int8, int4, fp8_e4m3, fp8_e5m2
     model_dtype: str
 
 
@@ -63,8 +66,11 @@ CONFIGS: dict[str, KVConfig] = {
         KVConfig("bfloat16", "auto", "bfloat16"),
         KVConfig("int8", "int8", "float32"),
         KVConfig("int4", "int4", "float32"),
+        KVConfig("fp8_e4m3", "fp8_e4m3", "float32"),
+        KVConfig("fp8_e5m2", "fp8_e5m2", "float32"),
         KVConfig("int8/bf16", "int8", "bfloat16"),
         KVConfig("int4/bf16", "int4", "bfloat16"),
+        KVConfig("fp8_e4m3/bf16", "fp8_e4m3", "bfloat16"),
     )
 }
 
@@ -148,14 +154,22 @@ class RunningPeak:
         del self._scheduler._set_message_status
 
 
+#: KV dtypes whose cpu layout is another dtype's: fp8 is stored as policy 8, int8's bytes (1-byte elements
+#: plus the per-token-per-head scale/zero), while KVCacheSchema's fp8 dtypes carry no per-token scales.
+LAYOUT_AS: dict[str, str] = {"fp8_e4m3": "int8", "fp8_e5m2": "int8"}
+
+
 def run_config(cfg: KVConfig, args, shape: dict) -> dict:
     import torch
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
+    from sagellm.engines.lmdeploy.cpu.device import set_kv_quant_storage
+
     profile = QuantizationProfile(kv_dtype=cfg.kv_dtype)
-    schema = profile.kv_cache_schema(num_layers=shape["num_layers"], num_kv_heads=shape["num_kv_heads"],
-                                     head_dim=shape["head_dim"], model_dtype=cfg.model_dtype,
-                                     block_size=args.block_size)
+    layout = QuantizationProfile(kv_dtype=LAYOUT_AS.get(cfg.kv_dtype, cfg.kv_dtype))
+    schema = layout.kv_cache_schema(num_layers=shape["num_layers"], num_kv_heads=shape["num_kv_heads"],
+                                    head_dim=shape["head_dim"], model_dtype=cfg.model_dtype,
+                                    block_size=args.block_size)
     budget = int(args.kv_budget_mib * 2**20)
     num_blocks = schema.blocks_in(budget)
     blocks_per_seq = schema.num_blocks_for(args.prompt_len + args.new_tokens + args.prefill_interval)
@@ -163,12 +177,13 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
     engine = dict(device_type="cpu", dtype=cfg.model_dtype, block_size=args.block_size,
                   num_gpu_blocks=num_blocks, max_batch_size=max(capacity, args.common_batch),
                   session_len=args.prompt_len + args.new_tokens + args.block_size, eager_mode=True,
-                  enable_prefix_caching=False, quant_policy=profile.lmdeploy_quant_policy(),
+                  enable_prefix_caching=False, quant_policy=profile.lmdeploy_quant_policy("cpu"),
                   prefill_interval=args.prefill_interval,
                   max_prefill_token_num=args.max_prefill_tokens)
     gen = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, top_k=1, ignore_eos=True)
     prompts = make_prompts(args.model, max(capacity, args.common_batch), args.prompt_len)
 
+    set_kv_quant_storage(cfg.kv_dtype)  # read by the cache engine when it allocates
     t0 = time.perf_counter()
     pipe = pipeline(args.model, backend_config=PytorchEngineConfig(**engine), log_level="ERROR")
     load_s = time.perf_counter() - t0
@@ -211,7 +226,7 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
         pipe.close()
     return {
         "config": cfg.name,
-        "kv_dtype": schema.dtype,
+        "kv_dtype": profile.kv_cache_dtype(cfg.model_dtype),
         "model_dtype": cfg.model_dtype,
         "quant_policy": engine["quant_policy"],
         "bytes_per_token": schema.bytes_per_token(),

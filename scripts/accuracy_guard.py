@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Accuracy guard: quantized KV cache (int8 / int4) and quantized weights vs float, through the real engine.
+"""Accuracy guard: quantized KV cache (int8 / int4 / fp8) and quantized weights vs float, through the real engine.
 
 Runs LMDeploy's pipeline on the cpu device over one model and measures, for each quantized KV dtype
-(``PytorchEngineConfig(device_type='cpu', quant_policy=8 | 4)``) and each weight format
+(``PytorchEngineConfig(device_type='cpu', quant_policy=8 | 4)``; fp8_e4m3 / fp8_e5m2 are policy 8
+with float8 storage, ``set_kv_quant_storage``) and each weight format
 (``--weight-formats``: the model quantized with ``sage quantize``'s library into a temporary
 directory) against the float engine (metrics: ``sagellm.accel.quantization.accuracy``):
 
@@ -68,7 +69,7 @@ class GuardConfig:
     """Workload and engine settings of one guard run."""
 
     model: str
-    kv_dtypes: tuple[str, ...] = ("int8", "int4")
+    kv_dtypes: tuple[str, ...] = ("int8", "int4", "fp8_e4m3", "fp8_e5m2")
     weight_formats: tuple[str, ...] = ()
     group_size: int = 128
     prompts: int = 32
@@ -103,9 +104,13 @@ class GuardResult:
 # --------------------------------------------------------------------------- engine access
 
 
-def build_pipeline(cfg: GuardConfig, quant_policy: int):
+def build_pipeline(cfg: GuardConfig, kv_dtype: str = "auto"):
+    """A cpu pipeline with KV in ``kv_dtype`` (``auto``: the model dtype)."""
     from lmdeploy import PytorchEngineConfig, pipeline
 
+    from sagellm.engines.lmdeploy.cpu.device import set_kv_quant_storage
+
+    set_kv_quant_storage(kv_dtype)  # the cache engine reads the storage dtype when it allocates
     engine = dict(
         device_type="cpu",
         dtype=cfg.dtype,
@@ -115,7 +120,7 @@ def build_pipeline(cfg: GuardConfig, quant_policy: int):
         max_batch_size=cfg.max_batch_size,
         eager_mode=True,
         enable_prefix_caching=False,
-        quant_policy=quant_policy,
+        quant_policy=QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy("cpu"),
     )
     engine.update(cfg.engine_overrides)
     return pipeline(cfg.model, backend_config=PytorchEngineConfig(**engine), log_level="ERROR")
@@ -225,12 +230,12 @@ def _continuation_logits(logits: list, prompt_ids: list[list[int]], new_tokens: 
     return [row[len(p) - 1: len(p) - 1 + new_tokens].float() for row, p in zip(logits, prompt_ids)]
 
 
-def _run_engine(cfg: GuardConfig, quant_policy: int, prompts, teacher_seqs, ppl_docs):
+def _run_engine(cfg: GuardConfig, kv_dtype: str, prompts, teacher_seqs, ppl_docs):
     """(greedy continuations, teacher-forcing sequences, their continuation logits, corpus logits) of one engine.
 
     ``teacher_seqs`` None: teacher-force on this engine's own prompt + continuation (the float reference).
     """
-    pipe = build_pipeline(cfg, quant_policy)
+    pipe = build_pipeline(cfg, kv_dtype)
     try:
         generated = greedy_tokens(pipe, prompts, cfg.new_tokens)
         sequences = teacher_seqs if teacher_seqs is not None else [p + g for p, g in zip(prompts, generated)]
@@ -296,7 +301,7 @@ def run_guard(cfg: GuardConfig) -> GuardResult:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    reference, sequences, ref_forced, ref_ppl_logits = _run_engine(cfg, 0, prompts, None, ppl_docs)
+    reference, sequences, ref_forced, ref_ppl_logits = _run_engine(cfg, "auto", prompts, None, ppl_docs)
     timings["float"] = time.perf_counter() - t0
     # the float engine's prefill argmax vs its own greedy decode: 1.0 unless the two paths disagree numerically
     self_agreement = target_argmax_agreement(ref_forced, reference).rate
@@ -306,9 +311,9 @@ def run_guard(cfg: GuardConfig) -> GuardResult:
                   reference_ppl=reference_ppl)
     reports: dict[str, AgreementMetrics] = {}
     for kv_dtype in cfg.kv_dtypes:
-        policy = QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy()
+        policy = QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy("cpu")
         t0 = time.perf_counter()
-        generated, _, forced, ppl_logits = _run_engine(cfg, policy, prompts, sequences, ppl_docs)
+        generated, _, forced, ppl_logits = _run_engine(cfg, kv_dtype, prompts, sequences, ppl_docs)
         timings[kv_dtype] = time.perf_counter() - t0
         report = KVAccuracyReport(kv_dtype=kv_dtype, quant_policy=policy,
                                   **_metrics(cfg, generated, forced, ppl_logits, **common))
@@ -317,7 +322,7 @@ def run_guard(cfg: GuardConfig) -> GuardResult:
         t0 = time.perf_counter()
         with model as path:
             variant = dataclasses.replace(cfg, model=path, dtype=engine_dtype)
-            generated, _, forced, ppl_logits = _run_engine(variant, 0, prompts, sequences, ppl_docs)
+            generated, _, forced, ppl_logits = _run_engine(variant, "auto", prompts, sequences, ppl_docs)
         report = WeightAccuracyReport(weight_format=fmt, engine_dtype=engine_dtype,
                                       **_metrics(cfg, generated, forced, ppl_logits, **common))
         timings[report.label] = time.perf_counter() - t0
@@ -378,7 +383,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", help="HF model directory (default: sagellm.models.tiny.ensure_default_model())")
-    p.add_argument("--kv-dtypes", default="int8,int4", help="comma-separated quantized KV dtypes to compare ('' none)")
+    p.add_argument("--kv-dtypes", default="int8,int4,fp8_e4m3,fp8_e5m2",
+                   help="comma-separated quantized KV dtypes to compare ('' none)")
     p.add_argument("--weight-formats", default="",
                    help="comma-separated `sage quantize` formats to compare (awq-w4, awq-w8, w8)")
     p.add_argument("--group-size", type=int, default=128, help="group size of the awq-* formats")

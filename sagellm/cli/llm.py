@@ -12,6 +12,7 @@ import typer
 
 from sagellm.control_plane.engine_config import EngineStartConfig
 from sagellm.core.config import ConfigError, load_config, with_config_options
+from sagellm.core.quant import check_kv_dtype_on_device
 
 app = typer.Typer(help="Start, list and stop LLM engines.", no_args_is_help=True)
 engine_app = typer.Typer(help="Engines on this machine.", no_args_is_help=True)
@@ -48,6 +49,15 @@ def start(
         except ValueError as err:
             typer.echo(f"error: --draft-model {options.draft_model}: {err}", err=True)
             raise typer.Exit(2) from None
+    from sagellm.hal import resolve_device
+
+    descriptor = resolve_device(options.device)
+    try:  # with --device auto, whether fp8 KV can run is known only now that the device is
+        check_kv_dtype_on_device("EngineStartConfig", options.kv_dtype,
+                                 descriptor.lmdeploy_device_type or descriptor.platform)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     # Before anything imports prometheus_client: metrics of the engine process reach /metrics.
     from sagellm.telemetry.multiproc import prepare_multiprocess_dir
 
@@ -55,9 +65,6 @@ def start(
     from sagellm.control_plane import local_engines
     from sagellm.control_plane.ports import SagePorts
     from sagellm.engines.lmdeploy.server import EngineServerConfig, serve
-    from sagellm.hal import resolve_device
-
-    descriptor = resolve_device(options.device)
     model = options.model
     if model is None:
         from sagellm.models.tiny import ensure_default_model

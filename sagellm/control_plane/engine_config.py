@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from sagellm.core.config import option_specs
+from sagellm.core.quant import check_kv_dtype_on_device
 from sagellm.core.serialization import encode
 from sagellm.core.validation import check_choice, check_float, check_int, check_str, invalid
 from sagellm.accel.spec_decode import MAX_SPECULATIVE_TOKENS
@@ -29,8 +30,8 @@ from sagellm.scheduler_ir.config import SchedulerConfig
 
 ENGINE_KINDS: tuple[str, ...] = ("sagellm",)
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
-#: KV dtypes LMDeploy 0.11 can run (QuantizationProfile's fp8 ones have no 0.11 quant_policy).
-KV_DTYPES: tuple[str, ...] = ("auto", "int8", "int4")
+#: KV dtypes the engine can run; fp8 ones only on the cpu device (QuantizationProfile.lmdeploy_quant_policy).
+KV_DTYPES: tuple[str, ...] = ("auto", "int8", "int4", "fp8_e4m3", "fp8_e5m2")
 LOG_LEVELS: tuple[str, ...] = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
@@ -67,10 +68,11 @@ class EngineStartConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto", metadata={"help": "compute dtype; auto keeps float32 checkpoints in float32 on cpu"}
     )
-    kv_dtype: Literal["auto", "int8", "int4"] = field(
+    kv_dtype: Literal["auto", "int8", "int4", "fp8_e4m3", "fp8_e5m2"] = field(
         default="auto",
         metadata={"help": "KV-cache element type: auto keeps the model dtype; int8 / int4 quantize per token "
-                          "per head (LMDeploy quant_policy 8 / 4)"},
+                          "per head (LMDeploy quant_policy 8 / 4); fp8_e4m3 / fp8_e5m2 store float8 with a "
+                          "per-token-per-head scale (cpu device only)"},
     )
     session_len: Optional[int] = field(
         default=None, metadata={"help": "max tokens per session (prompt + output), >= 16; None: the model's"}
@@ -136,6 +138,7 @@ class EngineStartConfig:
             raise invalid(owner, "port", self.port, "0 (pick a free port) or 1..65535")
         check_choice(owner, "dtype", self.dtype, DTYPES)
         check_choice(owner, "kv_dtype", self.kv_dtype, KV_DTYPES)
+        self._check_kv_dtype_on_device(owner)
         if self.session_len is not None:
             check_int(owner, "session_len", self.session_len, minimum=16)
         if self.max_batch_size is not None:
@@ -174,6 +177,14 @@ class EngineStartConfig:
                 parse_kv_transport(self.kv_transport)
             except ValueError as exc:
                 raise ValueError(f"{owner}.kv_transport: {exc}") from None
+
+    def _check_kv_dtype_on_device(self, owner: str) -> None:
+        """fp8 KV on an explicitly chosen non-cpu device fails here; ``auto`` is checked once resolved (cli)."""
+        from sagellm.hal import canonical_name
+
+        device = self.device.strip().lower()
+        if device != "auto":
+            check_kv_dtype_on_device(owner, self.kv_dtype, canonical_name(device))
 
     def kv_tier_config(self) -> KVTierConfig:
         """The KV tiers behind the device prefix cache (validated)."""

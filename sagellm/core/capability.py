@@ -90,10 +90,10 @@ class CapabilityDescriptor(SerializableMixin):
     def supports_quantization(self, profile: QuantizationProfile) -> bool:
         """True when the profile's KV quantization maps to a policy this device supports.
 
-        Profiles with no LMDeploy 0.11 policy (fp8 KV) are unsupported.
+        Profiles with no LMDeploy 0.11 policy on this device kind (fp8 KV off the cpu) are unsupported.
         """
         try:
-            policy = profile.lmdeploy_quant_policy()
+            policy = profile.lmdeploy_quant_policy(self.device_kind)
         except ValueError:
             return False
         return policy in self.kv_quant_policies

@@ -18,8 +18,24 @@ WEIGHT_FORMATS: tuple[str, ...] = ("none", "awq_int4", "gptq_int4", "w8a16", "w8
 #: quantization does), one per channel, or one per ``group_size`` elements.
 KV_GRANULARITIES: tuple[str, ...] = ("per_token_head", "per_channel", "per_group")
 
-#: ``kv_dtype`` -> LMDeploy 0.11 ``quant_policy``.
-_LMDEPLOY_QUANT_POLICY: dict[str, int] = {"auto": 0, "int4": 4, "int8": 8}
+#: ``kv_dtype`` -> LMDeploy 0.11 ``quant_policy``. fp8 rides on policy 8 with float8 storage, which
+#: only sagellm's cpu kernels read (LMDeploy 0.11's own kernels have no fp8 KV; 0.14 adds it).
+_LMDEPLOY_QUANT_POLICY: dict[str, int] = {"auto": 0, "int4": 4, "int8": 8, "fp8_e4m3": 8, "fp8_e5m2": 8}
+#: KV dtypes served only on some devices -> those devices.
+KV_DTYPE_DEVICES: dict[str, tuple[str, ...]] = {"fp8_e4m3": ("cpu",), "fp8_e5m2": ("cpu",)}
+
+
+def check_kv_dtype_on_device(owner: str, kv_dtype: str, device_type: str) -> None:
+    """Raise when ``kv_dtype`` is one of ``KV_DTYPE_DEVICES`` and ``device_type`` is not among its devices."""
+    devices = KV_DTYPE_DEVICES.get(kv_dtype)
+    if devices is None or device_type in devices:
+        return
+    accepted = [name for name in KV_QUANT_DTYPES if device_type in KV_DTYPE_DEVICES.get(name, (device_type,))]
+    raise ValueError(
+        f"{owner}.kv_dtype: got {kv_dtype!r} on device {device_type!r}; LMDeploy 0.11 has no fp8 KV cache there "
+        f"(sagellm's kernels serve it on {', '.join(map(repr, devices))} only); "
+        f"accepted on {device_type!r}: {', '.join(map(repr, accepted))}"
+    )
 
 
 @dataclass(frozen=True)
@@ -79,18 +95,18 @@ class QuantizationProfile(SerializableMixin):
             scale_dtype=model_dtype if model_dtype in SCALE_DTYPES else "float32",
         )
 
-    def lmdeploy_quant_policy(self) -> int:
-        """LMDeploy 0.11's ``quant_policy``: 0 (none), 4 (int4 KV) or 8 (int8 KV).
+    def lmdeploy_quant_policy(self, device_type: str) -> int:
+        """LMDeploy 0.11's ``quant_policy`` on ``device_type``: 0 (none), 4 (int4 KV) or 8 (int8 or fp8 KV).
+
+        Args:
+            device_type: LMDeploy's ``device_type`` (``cpu``, ``cuda``, ``ascend``...): fp8 KV exists
+                only on ``cpu``, where sagellm's kernels store it as policy 8 in float8.
 
         Raises:
-            ValueError: for fp8 KV (LMDeploy adds it in 0.14) and for int4/int8 with a
+            ValueError: for fp8 KV on a device other than ``cpu``, and for int4/int8/fp8 with a
                 granularity other than ``per_token_head`` (0.11 quantizes per token per head).
         """
-        if self.kv_dtype not in _LMDEPLOY_QUANT_POLICY:
-            raise ValueError(
-                f"QuantizationProfile.kv_dtype: {self.kv_dtype!r} has no LMDeploy 0.11 quant_policy "
-                f"(fp8 KV arrives in LMDeploy 0.14); accepted on 0.11: 'auto' (0), 'int4' (4), 'int8' (8)"
-            )
+        check_kv_dtype_on_device(type(self).__name__, self.kv_dtype, device_type)
         if self.kv_dtype != "auto" and self.granularity != "per_token_head":
             raise ValueError(
                 f"QuantizationProfile.granularity: {self.granularity!r} is not supported by LMDeploy 0.11 "

@@ -13,7 +13,8 @@ from typing import Any, Union
 
 from sagellm.core.registry import UnknownNameError
 
-#: LMDeploy 0.11 ``PytorchEngineConfig.quant_policy`` values: 0 = fp KV, 4 = int4, 8 = int8.
+#: LMDeploy 0.11 ``PytorchEngineConfig.quant_policy`` values: 0 = fp KV, 4 = int4, 8 = int8 (on the cpu
+#: device 8 is also fp8 KV, stored in the float8 dtype the device spec names).
 KV_QUANT_NONE = 0
 KV_QUANT_INT4 = 4
 KV_QUANT_INT8 = 8

@@ -151,7 +151,8 @@ class AgreementMetrics(ABC):
 
 @dataclass(frozen=True)
 class KVAccuracyReport(AgreementMetrics):
-    """Quantized-KV engine vs float-KV engine (``kv_dtype`` ``int8`` / ``int4``, LMDeploy ``quant_policy`` 8 / 4)."""
+    """Quantized-KV engine vs float-KV engine (``kv_dtype`` ``int8`` / ``int4`` / ``fp8_e4m3`` / ``fp8_e5m2``;
+    LMDeploy ``quant_policy`` 8 / 4 / 8 / 8, fp8 stored as float8 on the cpu device)."""
 
     kv_dtype: str = ""
     quant_policy: int = 0

@@ -35,7 +35,7 @@ class EngineServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     dtype: str = "auto"
-    kv_dtype: str = "auto"  # QuantizationProfile.kv_dtype -> PytorchEngineConfig.quant_policy
+    kv_dtype: str = "auto"  # QuantizationProfile.kv_dtype -> PytorchEngineConfig.quant_policy (+ cpu KV storage dtype)
     session_len: int | None = None
     max_batch_size: int | None = None
     cache_max_entry_count: float | None = None
@@ -96,7 +96,8 @@ def build_engine_config(config: EngineServerConfig, device_type: str):
         block_size=config.block_size,
         enable_prefix_caching=config.enable_prefix_caching,
         eager_mode=device_type == "cpu",
-        quant_policy=QuantizationProfile(kv_dtype=config.kv_dtype).lmdeploy_quant_policy(),
+        # fp8 is policy 8 with float8 storage, which the engine process picks up from SAGELLM_KV_DTYPE (serve)
+        quant_policy=QuantizationProfile(kv_dtype=config.kv_dtype).lmdeploy_quant_policy(device_type),
     )
     if config.max_batch_size is not None:
         kwargs["max_batch_size"] = config.max_batch_size
@@ -109,6 +110,19 @@ def build_engine_config(config: EngineServerConfig, device_type: str):
     if loops:  # the shorter round serves both: admission latency and work wasted after a stop
         kwargs["prefill_interval"] = min(loops)
     return PytorchEngineConfig(**kwargs)
+
+
+def kv_storage_environment(config: EngineServerConfig, device_type: str) -> dict[str, str]:
+    """The variables an engine process needs to allocate the KV storage ``build_engine_config`` implies.
+
+    On cpu, ``quant_policy`` 8 is int8 or fp8 depending on the device spec's storage dtype, which a
+    spawned engine process sets from ``SAGELLM_KV_DTYPE`` when it registers the device.
+    """
+    if device_type != "cpu":
+        return {}
+    from sagellm.engines.lmdeploy.cpu.device import KV_DTYPE_ENV
+
+    return {KV_DTYPE_ENV: config.kv_dtype}
 
 
 def _print_sample_request(base_url: str, model_name: str, api_keys: list[str], timeout_s: float = 600.0) -> None:
@@ -174,6 +188,8 @@ def serve(config: EngineServerConfig, device_type: str) -> None:
 
         os.environ.update(to_environment(config.kv_transport))
         print(f"[sagellm] KV transport: {config.kv_transport.describe()}", flush=True)
+    # the engine process (a spawned child) registers the cpu device afresh and reads its KV storage dtype here
+    os.environ.update(kv_storage_environment(config, device_type))
     if config.kv_tiers is not None:
         from sagellm.kv_runtime.config import to_environment as tier_environment
 

@@ -92,7 +92,8 @@ class CpuPlatform(Platform):
     name: ClassVar[str] = "cpu"
     lmdeploy_device_type: ClassVar[str | None] = "cpu"
     dlinfer_vendor: ClassVar[str | None] = None
-    # int4/int8 KV through sagellm.accel.kernels.cpu.kv_quant (LMDeploy's quant_policy 4/8 layout).
+    # int4/int8 KV through sagellm.accel.kernels.cpu.kv_quant (LMDeploy's quant_policy 4/8 layout); policy 8
+    # also carries fp8 KV (float8 storage chosen by engines.lmdeploy.cpu.device.set_kv_quant_storage).
     kv_quant_policies: ClassVar[tuple[int, ...]] = (KV_QUANT_NONE, KV_QUANT_INT4, KV_QUANT_INT8)
     collective_backend: ClassVar[str | None] = "gloo"
     dist_backend: ClassVar[str | None] = "gloo"

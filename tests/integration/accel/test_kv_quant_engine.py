@@ -1,4 +1,4 @@
-"""Quantized KV (quant_policy 8 / 4) through the real engine on the cpu device.
+"""Quantized KV (int8 / int4 / fp8_e4m3 / fp8_e5m2; quant_policy 8 / 4 / 8 / 8) through the real engine on the cpu device.
 
 The oracle: ``transformers`` with a KV cache that passes every new K/V through the same
 per-token-per-head grid (``sagellm.accel.quantization``). The engine's quantized logits must sit
@@ -15,7 +15,10 @@ from tests.integration.accel.scripts import load_guard
 
 pytestmark = pytest.mark.slow
 
-POLICY_DTYPE = {8: "int8", 4: "int4"}
+KV_DTYPES = ["int8", "int4", "fp8_e4m3", "fp8_e5m2"]
+#: kv_dtype -> (element type of the K/V caches, last dim of the tiny llama's cache: head_dim 64, int4 packs two per byte)
+CACHE = {"int8": (torch.uint8, 64), "int4": (torch.uint8, 32), "fp8_e4m3": (torch.float8_e4m3fn, 64),
+         "fp8_e5m2": (torch.float8_e5m2, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,11 @@ def model_dir(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def guard():
-    return load_guard()
+    guard = load_guard()
+    yield guard
+    from sagellm.engines.lmdeploy.cpu.device import set_kv_quant_storage
+
+    set_kv_quant_storage("auto")  # build_pipeline chose a storage dtype for this process; leave LMDeploy's default
 
 
 def _quantizing_cache(kv_dtype: str):
@@ -43,10 +50,10 @@ def _quantizing_cache(kv_dtype: str):
     return QuantizingCache()
 
 
-@pytest.mark.parametrize("policy", [8, 4])
-def test_cache_engine_allocates_lmdeploy_layout(model_dir, guard, policy):
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_cache_engine_allocates_lmdeploy_layout(model_dir, guard, kv_dtype):
     cfg = guard.GuardConfig(model=model_dir, num_gpu_blocks=32, max_batch_size=4)
-    pipe = guard.build_pipeline(cfg, policy)
+    pipe = guard.build_pipeline(cfg, kv_dtype)
     try:
         prompts = [[1, 50, 60, 70], [1, 80, 90]]
         out = guard.greedy_tokens(pipe, prompts, 8)
@@ -54,20 +61,19 @@ def test_cache_engine_allocates_lmdeploy_layout(model_dir, guard, policy):
         k_cache, v_cache, k_sz, v_sz = cache_engine.full_gpu_cache
     finally:
         pipe.close()
-    head_dim = 64 if policy == 8 else 32  # tiny llama: head_dim 64; int4 packs two per byte
+    storage, head_dim = CACHE[kv_dtype]
     assert [len(o) for o in out] == [8, 8]
-    assert k_cache.dtype == v_cache.dtype == torch.uint8
+    assert k_cache.dtype == v_cache.dtype == storage
     assert tuple(k_cache.shape) == (4, 32, 16, 2, head_dim)  # layers, blocks, block_size, kv_heads, dim
     assert tuple(k_sz.shape) == tuple(v_sz.shape) == (4, 32, 16, 2, 2)
     assert k_sz.dtype == torch.float32  # the model dtype, as LMDeploy stores scale/zero
 
 
-@pytest.mark.parametrize("policy", [8, 4])
-def test_engine_matches_transformers_with_the_same_kv_grid(model_dir, guard, policy):
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_engine_matches_transformers_with_the_same_kv_grid(model_dir, guard, kv_dtype):
     from lmdeploy.tokenizer import Tokenizer
     from transformers import AutoModelForCausalLM
 
-    kv_dtype = POLICY_DTYPE[policy]
     prompts = guard.make_prompts(Tokenizer(model_dir), 8, seed=3)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.inference_mode():
@@ -83,7 +89,7 @@ def test_engine_matches_transformers_with_the_same_kv_grid(model_dir, guard, pol
                     for s in sequences]
         hf_float = [model(torch.tensor([s])).logits[0] for s in sequences]
 
-    pipe = guard.build_pipeline(guard.GuardConfig(model=model_dir), policy)
+    pipe = guard.build_pipeline(guard.GuardConfig(model=model_dir), kv_dtype)
     try:
         engine_generated = guard.greedy_tokens(pipe, prompts, 24)
         engine_quant = [row.float() for row in guard.sequence_logits(pipe, sequences)]
@@ -105,7 +111,7 @@ def test_engine_matches_transformers_with_the_same_kv_grid(model_dir, guard, pol
     assert agreement >= 0.95, (engine_generated, hf_generated)
 
 
-@pytest.mark.parametrize("kv_dtype, policy", [("auto", 0), ("int8", 8), ("int4", 4)])
+@pytest.mark.parametrize("kv_dtype, policy", [("auto", 0), ("int8", 8), ("int4", 4), ("fp8_e4m3", 8), ("fp8_e5m2", 8)])
 def test_engine_start_kv_dtype_maps_to_quant_policy(model_dir, kv_dtype, policy):
     """``sage llm engine start --kv-dtype`` -> EngineServerConfig -> PytorchEngineConfig.quant_policy."""
     from sagellm.engines.lmdeploy.server import EngineServerConfig, build_engine_config

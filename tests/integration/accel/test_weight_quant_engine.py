@@ -110,7 +110,7 @@ def test_quantized_checkpoint_runs_the_quantized_model(float_model, guard, tmp_p
     noise = _rel_error(_transformers_logits(dequantized, PROMPTS, noise_dtype), oracle)
     original = _transformers_logits(float_model, PROMPTS)
 
-    pipe = guard.build_pipeline(guard.GuardConfig(model=str(qdir), num_gpu_blocks=64, max_batch_size=4), 0)
+    pipe = guard.build_pipeline(guard.GuardConfig(model=str(qdir), num_gpu_blocks=64, max_batch_size=4))
     try:
         model = pipe.engine.executor.model_agent.patched_model.get_model()
         qkv = model.model.layers[0].self_attn.qkv_proj

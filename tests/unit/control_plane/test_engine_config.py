@@ -46,12 +46,25 @@ def test_precedence_file_env_flag(tmp_path):
         ({"prefix_caching": "maybe"}, "option 'prefix_caching' from flag --prefix-caching: got 'maybe'; accepted: a boolean"),
         ({"num_speculative_tokens": "0"}, "num_speculative_tokens: got 0; accepted: an integer >= 1"),
         ({"num_speculative_tokens": "17"}, "num_speculative_tokens: got 17; accepted: 1..16"),
+        ({"kv_dtype": "fp8"}, "accepted: one of 'auto', 'int8', 'int4', 'fp8_e4m3', 'fp8_e5m2'"),
+        ({"kv_dtype": "fp8_e4m3", "device": "cuda"},
+         "EngineStartConfig.kv_dtype: got 'fp8_e4m3' on device 'cuda'; LMDeploy 0.11 has no fp8 KV cache there "
+         "(sagellm's kernels serve it on 'cpu' only); accepted on 'cuda': 'auto', 'int8', 'int4'"),
+        ({"kv_dtype": "fp8_e5m2", "device": "npu"}, "got 'fp8_e5m2' on device 'ascend'"),
     ],
 )
 def test_invalid_values_name_the_option_and_what_is_accepted(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(EngineStartConfig, env={}, overrides=overrides)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto", " CPU "])
+@pytest.mark.parametrize("kv_dtype", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_kv_dtype_on_cpu_or_auto(device, kv_dtype):
+    """``auto`` passes here; the CLI checks it against the resolved device."""
+    cfg = load_config(EngineStartConfig, env={}, overrides={"kv_dtype": kv_dtype, "device": device})
+    assert cfg.kv_dtype == kv_dtype
 
 
 def test_file_errors_name_the_file(tmp_path):
@@ -137,4 +150,24 @@ def test_cli_rejects_a_draft_without_the_targets_vocabulary(tiny_model_dir, tmp_
                                       "--draft-model", str(draft)])
     assert result.exit_code == 2
     assert f"--draft-model {draft}" in result.output and "vocab_size" in result.output
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # rejected before anything was set up
+
+
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_cli_rejects_fp8_kv_off_the_cpu(tiny_model_dir, monkeypatch, device):
+    """``--device cuda`` fails in the config; ``auto`` once it resolves to a non-cpu device (faked here)."""
+    import os
+    from types import SimpleNamespace
+
+    import sagellm.hal
+    from sagellm.cli.main import app
+
+    monkeypatch.setattr(sagellm.hal, "resolve_device",
+                        lambda requested: SimpleNamespace(platform="cuda", lmdeploy_device_type="cuda"))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    result = CliRunner().invoke(app, ["llm", "engine", "start", str(tiny_model_dir("llama")), "--device", device,
+                                      "--kv-dtype", "fp8_e4m3"])
+    assert result.exit_code == 2
+    assert ("EngineStartConfig.kv_dtype: got 'fp8_e4m3' on device 'cuda'; LMDeploy 0.11 has no fp8 KV cache there "
+            "(sagellm's kernels serve it on 'cpu' only); accepted on 'cuda': 'auto', 'int8', 'int4'") in result.output
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # rejected before anything was set up

@@ -24,7 +24,11 @@ def test_supports_quantization():
     assert c.supports_quantization(QuantizationProfile(kv_dtype="int8"))
     assert c.supports_quantization(QuantizationProfile())
     assert not c.supports_quantization(QuantizationProfile(kv_dtype="int4"))
-    assert not c.supports_quantization(QuantizationProfile(kv_dtype="fp8_e4m3"))
+    assert c.supports_quantization(QuantizationProfile(kv_dtype="fp8_e4m3"))  # policy 8, float8 storage
+    assert not cpu(kv_quant_policies={0, 4}).supports_quantization(QuantizationProfile(kv_dtype="fp8_e5m2"))
+    cuda = cpu(device_kind="cuda", kv_quant_policies={0, 4, 8})
+    assert cuda.supports_quantization(QuantizationProfile(kv_dtype="int8"))
+    assert not cuda.supports_quantization(QuantizationProfile(kv_dtype="fp8_e4m3"))  # LMDeploy 0.11: none on cuda
 
 
 @pytest.mark.parametrize("kw,fragment", [

@@ -4,25 +4,32 @@ from sagellm.core.kv import KVCacheSchema
 from sagellm.core.quant import QuantizationProfile
 
 
+@pytest.mark.parametrize("kv_dtype,policy", [("auto", 0), ("int4", 4), ("int8", 8), ("fp8_e4m3", 8), ("fp8_e5m2", 8)])
+def test_lmdeploy_quant_policy_on_cpu(kv_dtype, policy):
+    assert QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy("cpu") == policy
+
+
 @pytest.mark.parametrize("kv_dtype,policy", [("auto", 0), ("int4", 4), ("int8", 8)])
-def test_lmdeploy_quant_policy(kv_dtype, policy):
-    assert QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy() == policy
+def test_integer_kv_policies_on_every_device(kv_dtype, policy):
+    for device in ("cuda", "ascend", "camb", "maca"):
+        assert QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy(device) == policy
 
 
 @pytest.mark.parametrize("kv_dtype", ["fp8_e4m3", "fp8_e5m2"])
-def test_fp8_has_no_policy_on_0_11(kv_dtype):
+@pytest.mark.parametrize("device", ["cuda", "ascend"])
+def test_fp8_kv_only_on_cpu(kv_dtype, device):
     with pytest.raises(ValueError) as err:
-        QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy()
-    msg = str(err.value)
-    assert f"QuantizationProfile.kv_dtype: {kv_dtype!r}" in msg
-    assert "0.14" in msg
-    assert "'auto' (0), 'int4' (4), 'int8' (8)" in msg
+        QuantizationProfile(kv_dtype=kv_dtype).lmdeploy_quant_policy(device)
+    assert str(err.value) == (
+        f"QuantizationProfile.kv_dtype: got {kv_dtype!r} on device {device!r}; LMDeploy 0.11 has no fp8 KV cache "
+        f"there (sagellm's kernels serve it on 'cpu' only); accepted on {device!r}: 'auto', 'int8', 'int4'"
+    )
 
 
 def test_non_token_granularity_has_no_policy():
     p = QuantizationProfile(kv_dtype="int8", granularity="per_channel")
     with pytest.raises(ValueError, match="granularity: 'per_channel'.*accepted: 'per_token_head'"):
-        p.lmdeploy_quant_policy()
+        p.lmdeploy_quant_policy("cpu")
 
 
 def test_group_size_rules():

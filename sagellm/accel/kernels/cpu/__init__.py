@@ -1,7 +1,16 @@
 """Reference CPU kernels in plain torch (float32, bfloat16, float16), vectorized across the batch."""
 
 from sagellm.accel.kernels.cpu.dense_decode import DenseDecodeKV, DensePlan
-from sagellm.accel.kernels.cpu.kv_quant import QUANT_POLICY_BITS, KVQuant, dequantize_kv, quantize_kv
+from sagellm.accel.kernels.cpu.kv_quant import (
+    KV_FORMATS,
+    QUANT_POLICY_BITS,
+    KVFormat,
+    KVQuant,
+    dequantize_kv,
+    kv_format,
+    kv_format_of,
+    quantize_kv,
+)
 from sagellm.accel.kernels.cpu.paged_attention import (
     PackedBatch,
     attention_mask,
@@ -16,7 +25,9 @@ from sagellm.accel.kernels.cpu.paged_attention import (
 __all__ = [
     "DenseDecodeKV",
     "DensePlan",
+    "KVFormat",
     "KVQuant",
+    "KV_FORMATS",
     "PackedBatch",
     "QUANT_POLICY_BITS",
     "attention_mask",
@@ -25,6 +36,8 @@ __all__ = [
     "gather_dequantized",
     "gather_history",
     "gather_kv",
+    "kv_format",
+    "kv_format_of",
     "pack_batch",
     "paged_attention",
     "quantize_kv",

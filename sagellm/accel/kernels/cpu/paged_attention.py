@@ -23,9 +23,9 @@ a sequence's length read that sequence's position 0 (finite) and are masked out,
 slots (uninitialized memory, possibly NaN) cannot reach the output.
 
 Quantized KV (LMDeploy ``quant_policy`` 8 / 4): pass a :class:`~.kv_quant.KVQuant` holding the
-per-token-per-head scale/zero tensors; the caches are then uint8 blocks (see ``kv_quant``).
-:func:`fill_kv_cache` quantizes the new tokens into them and :func:`paged_attention`
-dequantizes the gathered history.
+per-token-per-head scale/zero tensors; the caches are then uint8 blocks (int8, int4) or float8
+blocks (fp8_e4m3, fp8_e5m2), see ``kv_quant``. :func:`fill_kv_cache` quantizes the new tokens
+into them and :func:`paged_attention` dequantizes the gathered history.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from sagellm.accel.kernels.cpu.packed_batch import (
     pack_batch,
     token_cache_slots,
 )
+from sagellm.accel.quantization.fp8 import FP8_DTYPES
 
 __all__ = [
     "PackedBatch",
@@ -53,6 +54,8 @@ __all__ = [
     "pack_batch",
     "paged_attention",
 ]
+
+_FP8 = frozenset(FP8_DTYPES.values())
 
 
 def _flat(cache: torch.Tensor) -> torch.Tensor | None:
@@ -77,18 +80,22 @@ def fill_kv_cache(
     writes = [(key, k_cache), (value, v_cache)]
     if quant is not None:
         writes = []
+        kv_dtype = quant.kv_dtype
         for states, cache, scales_zeros in (
             (key, k_cache, quant.k_scales_zeros),
             (value, v_cache, quant.v_scales_zeros),
         ):
-            codes, sz = quantize_kv(states, quant.bits, scales_zeros.dtype)
+            codes, sz = quantize_kv(states, kv_dtype, scales_zeros.dtype)
             writes += [(codes, cache), (sz, scales_zeros)]
     for states, cache in writes:
+        states = states.to(cache.dtype)
+        if cache.dtype in _FP8:  # torch's CPU index_copy_ has no float8 kernel: copy the bytes
+            states, cache = states.view(torch.uint8), cache.view(torch.uint8)
         flat = _flat(cache)
         if flat is not None:
-            flat.index_copy_(0, slots, states.to(cache.dtype))
+            flat.index_copy_(0, slots, states)
         else:
-            cache[slots // block_size, slots % block_size] = states.to(cache.dtype)
+            cache[slots // block_size, slots % block_size] = states
 
 
 def gather_kv(cache: torch.Tensor, block_offsets: torch.Tensor, max_kv_len: int) -> torch.Tensor:
@@ -114,27 +121,31 @@ def gather_history(
 def gather_dequantized(
     cache: torch.Tensor,
     scales_zeros: torch.Tensor,
-    bits: int,
+    kv_dtype: str,
     block_offsets: torch.Tensor,
     kv_seqlens: torch.Tensor,
     packed: PackedBatch,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Like :func:`gather_kv`, dequantized to ``dtype``; positions at or past ``kv_seqlens[b]`` are zero."""
+    """Like :func:`gather_kv`, dequantized from ``kv_dtype`` (a ``KV_FORMATS`` name) to ``dtype``;
+    positions at or past ``kv_seqlens[b]`` are zero."""
     codes = gather_kv(cache, block_offsets, packed.max_kv_len)
     sz = gather_kv(scales_zeros, block_offsets, packed.max_kv_len)  # [b, L, h, 2]
     valid = torch.arange(sz.size(1), device=sz.device)[None, :] < kv_seqlens[:, None]
     sz = torch.where(valid[:, :, None, None], sz, torch.zeros((), dtype=sz.dtype, device=sz.device))
-    return dequantize_kv(codes, sz, bits, dtype)
+    values = dequantize_kv(codes, sz, kv_dtype, dtype)
+    if cache.dtype in _FP8:  # a never-written float8 slot may hold NaN, which a zero scale keeps
+        values = torch.where(valid[:, :, None, None], values, torch.zeros((), dtype=dtype, device=values.device))
+    return values
 
 
-def _history(cache, scales_zeros, bits, block_offsets, kv_seqlens, packed, dtype):
-    """Gathered history in ``dtype`` (dequantized when ``scales_zeros`` is given)."""
+def _history(cache, scales_zeros, kv_dtype, block_offsets, kv_seqlens, packed, dtype):
+    """Gathered history in ``dtype`` (dequantized from ``kv_dtype`` when ``scales_zeros`` is given)."""
     if scales_zeros is None:
         return gather_history(cache, block_offsets, kv_seqlens, packed).to(dtype)
     codes = gather_history(cache, block_offsets, kv_seqlens, packed)
     sz = gather_history(scales_zeros, block_offsets, kv_seqlens, packed)
-    return dequantize_kv(codes, sz, bits, dtype)
+    return dequantize_kv(codes, sz, kv_dtype, dtype)
 
 
 def _query_grid(query: torch.Tensor, packed: PackedBatch, batch: int) -> torch.Tensor:
@@ -175,7 +186,7 @@ def paged_attention(
 ) -> torch.Tensor:
     """Attention of the packed new tokens over each sequence's paged history.
 
-    With ``quant``, the caches hold uint8 codes and the history is dequantized first. ``history``,
+    With ``quant``, the caches hold quantized blocks and the history is dequantized first. ``history``,
     when given, is each sequence's K and V already gathered (``[batch, kv_heads, max_kv_len, dim]``
     in the query dtype, e.g. from :class:`~.dense_decode.DenseDecodeKV`); the caches are not read.
     Returns [num_tokens, num_heads, v_head_dim] in the query dtype.
@@ -190,9 +201,9 @@ def paged_attention(
         k = _history(k_cache, *gather).transpose(1, 2)  # [b, hkv, L, d] (a view; SDPA takes the strides as they are)
         v = _history(v_cache, *gather).transpose(1, 2)
     else:
-        gather = (block_offsets, kv_seqlens, packed, query.dtype)
-        k = _history(k_cache, quant.k_scales_zeros, quant.bits, *gather).transpose(1, 2)
-        v = _history(v_cache, quant.v_scales_zeros, quant.bits, *gather).transpose(1, 2)
+        gather = (quant.kv_dtype, block_offsets, kv_seqlens, packed, query.dtype)
+        k = _history(k_cache, quant.k_scales_zeros, *gather).transpose(1, 2)
+        v = _history(v_cache, quant.v_scales_zeros, *gather).transpose(1, 2)
     q = _query_grid(query, packed, batch)  # [b, h, q, d]
     gqa = k.size(1) != q.size(1)
 

@@ -1,9 +1,11 @@
 """LMDeploy ``PagedAttention`` implementation for the CPU device, over sagellm's torch kernels.
 
-KV-cache quantization: with ``quant_policy`` 8 or 4 the engine allocates uint8 caches plus one
+KV-cache quantization: with ``quant_policy`` 8 or 4 the engine allocates quantized caches (uint8
+for int8/int4, float8 for fp8 when ``set_kv_quant_storage`` chose it) plus one
 ``[num_blocks, block_size, num_kv_heads, 2]`` scale/zero tensor each for K and V, and the model
 passes them in as ``k_scales_zeros`` / ``v_scales_zeros``; the kernels quantize on fill and
-dequantize in attention (``sagellm.accel.kernels.cpu.kv_quant``).
+dequantize in attention (``sagellm.accel.kernels.cpu.kv_quant``). The format follows from the
+policy and the cache's dtype.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
                     f"quant_policy={attn_metadata.quant_policy} needs the cache's k/v scale-zero tensors; "
                     "the model passed none"
                 )
-            quant = KVQuant(attn_metadata.quant_policy, k_scales_zeros, v_scales_zeros)
+            quant = KVQuant(attn_metadata.quant_policy, k_scales_zeros, v_scales_zeros, cache_dtype=k_cache.dtype)
         if self.alibi:
             raise NotImplementedError("ALiBi attention is not available on the cpu device")
         packed = attn_metadata.packed
