@@ -19,10 +19,19 @@ still gets through, at most ``outlier_factor`` times per observation.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from sagellm.core.validation import check_float, check_int
 from sagellm.scheduler_ir.snapshot import CostEstimate
+
+
+#: ``CostEstimate.decode_floor_ms``: a low percentile of the most recent decode loops. The line fit
+#: extrapolates badly (its slope swung between 0 and 4 ms per sequence over one goodput run), so
+#: the certain-miss test of a TPOT target uses what the engine demonstrably does instead.
+FLOOR_WINDOW = 64
+FLOOR_MIN_SAMPLES = 8
+FLOOR_PERCENTILE = 0.1
 
 
 @dataclass
@@ -81,6 +90,7 @@ class StepCostModel:
         self._outlier_after = outlier_after
         self._prefill = _Line(prior.prefill_fixed_ms, prior.prefill_ms_per_token, decay)
         self._decode = _Line(prior.decode_fixed_ms, prior.decode_ms_per_seq, decay)
+        self._recent_decodes: deque[float] = deque(maxlen=FLOOR_WINDOW)
 
     def _add(self, line: _Line, x: float, y: float) -> None:
         if line.n >= self._outlier_after:
@@ -101,8 +111,17 @@ class StepCostModel:
         check_int("StepCostModel.observe_decode", "batch", batch, minimum=1)
         check_float("StepCostModel.observe_decode", "ms", ms, minimum=0.0)
         self._add(self._decode, float(batch), float(ms))
+        self._recent_decodes.append(float(ms))
 
     def estimate(self) -> CostEstimate:
         pa, pb = self._prefill.fit()
         da, db = self._decode.fit()
-        return CostEstimate(prefill_fixed_ms=pa, prefill_ms_per_token=pb, decode_fixed_ms=da, decode_ms_per_seq=db)
+        return CostEstimate(prefill_fixed_ms=pa, prefill_ms_per_token=pb, decode_fixed_ms=da, decode_ms_per_seq=db,
+                            decode_floor_ms=self._decode_floor())
+
+    def _decode_floor(self) -> float:
+        """The FLOOR_PERCENTILE of the last FLOOR_WINDOW decode loops (0 before FLOOR_MIN_SAMPLES)."""
+        if len(self._recent_decodes) < FLOOR_MIN_SAMPLES:
+            return 0.0
+        ordered = sorted(self._recent_decodes)
+        return ordered[int(FLOOR_PERCENTILE * (len(ordered) - 1))]

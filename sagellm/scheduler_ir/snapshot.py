@@ -121,16 +121,20 @@ class CostEstimate(SerializableMixin):
 
     ``prefill_ms(n) = prefill_fixed_ms + prefill_ms_per_token * n`` for a prefill step of n tokens;
     ``decode_loop_ms(b) = decode_fixed_ms + decode_ms_per_seq * b`` per decoded token of a batch of b.
+    ``decode_floor_ms``: the fastest decode loops seen recently (a low percentile, 0 = none seen yet);
+    a TPOT target below it cannot be met at any batch size.
     """
 
     prefill_fixed_ms: float = 5.0
     prefill_ms_per_token: float = 0.1
     decode_fixed_ms: float = 5.0
     decode_ms_per_seq: float = 0.2
+    decode_floor_ms: float = 0.0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        for name in ("prefill_fixed_ms", "prefill_ms_per_token", "decode_fixed_ms", "decode_ms_per_seq"):
+        for name in ("prefill_fixed_ms", "prefill_ms_per_token", "decode_fixed_ms", "decode_ms_per_seq",
+                     "decode_floor_ms"):
             check_float(owner, name, getattr(self, name), minimum=0.0)
             object.__setattr__(self, name, float(getattr(self, name)))
 

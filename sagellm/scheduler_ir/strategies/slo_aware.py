@@ -15,7 +15,7 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
   never take turns evicting each other.
 - **Admission control** has two levels. A request that *cannot* meet its SLO -- its wait plus
   the step in flight plus its own prefill already past its TTFT target, or its TPOT target
-  below the decode time per token -- is rejected (the client gets an error naming the reason)
+  below the fastest recent decode loops -- is rejected (the client gets an error naming the reason)
   or, with ``on_unattainable=defer``, held back while anything else waits (and rejected after
   ``max_defer_s``). A request that would miss only because of the queue ahead of it (its first
   token estimated by simulating the prefill steps, :meth:`SloAwareStrategy.first_token_ms`)
@@ -81,20 +81,17 @@ class SloAwareStrategy(SchedulingStrategy):
     def _unattainable(self, snapshot: EngineSnapshot, seq: SeqView) -> str | None:
         """Why ``seq`` cannot meet its SLO whatever this strategy does, or None.
 
-        Only certain misses: its TPOT target below the decode time of one more sequence in the
-        current batch, or its wait so far plus the step in flight plus its own prefill already
+        Only certain misses: its TPOT target below the fastest decode loops the engine ran
+        recently (``CostEstimate.decode_floor_ms``), or its wait so far plus the step in flight plus its own prefill already
         past its TTFT target. A request that would miss only because of the queue ahead of it
         is not rejected here (see :meth:`plan_waiting`).
         """
         cost = snapshot.cost
-        if seq.slo_tpot_ms is not None:
-            batch = len(snapshot.running) + 1
-            per_token = cost.decode_loop_ms(batch)
-            if per_token > seq.slo_tpot_ms:
-                return (
-                    f"slo_tpot_ms={seq.slo_tpot_ms:g} is below the engine's decode time per token "
-                    f"(about {per_token:.0f} ms at batch {batch})"
-                )
+        if seq.slo_tpot_ms is not None and seq.slo_tpot_ms < cost.decode_floor_ms:
+            return (
+                f"slo_tpot_ms={seq.slo_tpot_ms:g} is below the engine's fastest recent decode time per token "
+                f"(about {cost.decode_floor_ms:.1f} ms)"
+            )
         if seq.slo_ttft_ms is not None:
             waited = seq.waited_s(snapshot.now_s) * 1000.0
             soonest = waited + snapshot.inflight_ms + cost.prefill_ms(seq.pending_tokens)

@@ -84,3 +84,15 @@ def test_outliers_pass_while_the_line_is_light_and_a_lasting_change_is_followed(
 def test_rejects_bad_outlier_settings():
     with pytest.raises(ValueError, match="outlier_factor: got 0.5"):
         StepCostModel(outlier_factor=0.5)
+
+
+def test_decode_floor_is_a_low_percentile_of_recent_loops():
+    model = StepCostModel(PRIOR)
+    for ms in range(1, 8):
+        model.observe_decode(1, float(ms))
+    assert model.estimate().decode_floor_ms == 0.0  # fewer than 8 loops seen
+    model.observe_decode(4, 150.0)
+    assert model.estimate().decode_floor_ms == 1.0  # 10th percentile of 1..7, 150 -> index 0
+    for _ in range(64):
+        model.observe_decode(2, 6.0)
+    assert model.estimate().decode_floor_ms == 6.0  # the window keeps the last 64

@@ -1,12 +1,13 @@
 """Every strategy over hand-made snapshots, with exact expected orders (FLAT_COST: prefill 1 ms/token, decode 10 ms/loop)."""
 
+import dataclasses
 import math
 
 import pytest
 
 from sagellm.scheduler_ir import STRATEGIES, StrategyOptions, WaitingDecision, build_strategy
 from sagellm.scheduler_ir.strategies.adaptive import busy_mode, is_busy
-from tests.unit.scheduler_ir.conftest import running, snapshot, waiting
+from tests.unit.scheduler_ir.conftest import FLAT_COST, running, snapshot, waiting
 
 
 def test_registry_lists_every_strategy_and_rejects_unknown_names():
@@ -146,12 +147,17 @@ def test_slo_aware_defer_mode_holds_back_then_serves_then_rejects_after_max_defe
     assert list(strat.plan_waiting(too_old).rejected) == [4]
 
 
-def test_slo_aware_rejects_a_tpot_target_below_the_decode_time():
+def test_slo_aware_rejects_a_tpot_target_below_the_fastest_recent_decode():
     strat = build_strategy("slo_aware")
-    snap = snapshot(waiting_seqs=[waiting(1, arrival_s=100.0, slo_tpot_ms=5.0), waiting(2, arrival_s=100.0, slo_tpot_ms=50.0)])
-    decision = strat.plan_waiting(snap)
+    seqs = [waiting(1, arrival_s=100.0, slo_tpot_ms=5.0), waiting(2, arrival_s=100.0, slo_tpot_ms=50.0)]
+    floor = dataclasses.replace(FLAT_COST, decode_floor_ms=6.0)
+    decision = strat.plan_waiting(snapshot(waiting_seqs=seqs, cost=floor))
     assert decision.order == (2,)
-    assert decision.rejected == {1: "slo_tpot_ms=5 is below the engine's decode time per token (about 10 ms at batch 1)"}
+    assert decision.rejected == {
+        1: "slo_tpot_ms=5 is below the engine's fastest recent decode time per token (about 6.0 ms)"
+    }
+    # no decode seen yet (floor 0): nothing is known to be impossible
+    assert strat.plan_waiting(snapshot(waiting_seqs=seqs)).order == (1, 2)
 
 
 def test_slo_aware_resumes_preempted_requests_first():
