@@ -216,7 +216,8 @@ class SloAwareStrategy(SchedulingStrategy):
         deferred: list[int] = []
         rejected: dict[int, str] = {}
         for seq in candidates:
-            reason = self._unattainable(snapshot, seq)
+            # a prompt whose prefill is under way is never turned away: its earlier chunks are paid for
+            reason = None if _prefill_started(seq) else self._unattainable(snapshot, seq)
             if reason is not None:
                 if options.on_unattainable == "defer" and seq.waited_s(snapshot.now_s) < options.max_defer_s:
                     deferred.append(seq.seq_id)

@@ -102,6 +102,18 @@ def test_slo_aware_orders_by_ttft_slack_and_rejects_the_hopeless():
     }
 
 
+def test_slo_aware_never_rejects_a_prompt_whose_prefill_is_under_way():
+    strat = build_strategy("slo_aware")
+    # 7 tokens left of a document whose earlier chunks ran; it waited 600 ms of a 565 ms target
+    snap = snapshot(now_s=100.0, waiting_seqs=[
+        waiting(1, arrival_s=99.4, computed_tokens=1344, num_blocks=21, pending=7, slo_ttft_ms=565),
+        waiting(2, arrival_s=99.4, pending=7, slo_ttft_ms=565),
+    ])
+    decision = strat.plan_waiting(snap)
+    assert decision.order == (1,)
+    assert list(decision.rejected) == [2]
+
+
 def test_slo_aware_serves_a_request_late_when_only_the_queue_makes_it_miss():
     strat = build_strategy("slo_aware", StrategyOptions(chunk_tokens=0))
     snap = snapshot(
