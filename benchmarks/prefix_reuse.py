@@ -187,6 +187,8 @@ def run_lmdeploy(spec: dict, engine: str) -> dict:
             record["tier_hits"] = {t: after["hit_tokens"][t] - before["hit_tokens"][t] for t in after["hit_tokens"]}
             record["tier_blocks"] = {k: after[k] - before[k] for k in ("offloaded_blocks", "restored_blocks",
                                                                         "rejected_blocks", "lookups")}
+            record["restore_stops"] = {k: n - before["restore_stops"][k] for k, n in after["restore_stops"].items()
+                                       if n != before["restore_stops"][k]}
         return record
 
     try:
@@ -221,9 +223,8 @@ def run_lmdeploy(spec: dict, engine: str) -> dict:
 def _stats_diff(start: dict | None, end: dict | None) -> dict | None:
     if start is None or end is None:
         return None
-    diff = {k: end[k] - start[k] for k in end if k != "hit_tokens"}
-    diff["hit_tokens"] = {t: end["hit_tokens"][t] - start["hit_tokens"][t] for t in end["hit_tokens"]}
-    return diff
+    return {k: ({t: v[t] - start[k].get(t, 0) for t in v} if isinstance(v, dict) else v - start[k])
+            for k, v in end.items()}
 
 
 # --------------------------------------------------------------------------- vLLM worker

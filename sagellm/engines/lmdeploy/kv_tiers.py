@@ -48,15 +48,20 @@ _HASH_ATTR = "_sagellm_block_hash"
 _TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
+#: Why a restore stopped short of the prompt's last full block (``TierHitStats.restore_stops``).
+RESTORE_STOPS = ("not_stored", "lineage", "trie_conflict", "no_device_block")
+
+
 @dataclass
 class TierHitStats:
-    """Prefix tokens served per tier, and restored blocks that failed verification."""
+    """Prefix tokens served per tier, restored blocks that failed verification, and why restores stopped."""
 
     lookups: int = 0
     hit_tokens: dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0, "ssd": 0})
     offloaded_blocks: int = 0
     restored_blocks: int = 0
     rejected_blocks: int = 0
+    restore_stops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTORE_STOPS, 0))
 
     def as_dict(self) -> dict:
         return {
@@ -65,6 +70,7 @@ class TierHitStats:
             "offloaded_blocks": self.offloaded_blocks,
             "restored_blocks": self.restored_blocks,
             "rejected_blocks": self.rejected_blocks,
+            "restore_stops": dict(self.restore_stops),
         }
 
 
@@ -312,15 +318,19 @@ class TieredPrefixCache(KVCacheHooks):
         fetched = self.store.fetch([KVBlockKey(h) for h in hashes])
         self.stats.rejected_blocks += len(fetched.failed)
         restored = []
+        stop = "not_stored" if len(fetched.keys) < num_blocks else None
         for index, (key, payload, tier) in enumerate(zip(fetched.keys, fetched.payloads, fetched.tiers)):
             block_tokens = tokens[index * block_size : (index + 1) * block_size]
             if not self._lineage_matches(key, tier, block_tokens):
                 self.stats.rejected_blocks += 1
+                stop = "lineage"
                 break
             if hash(("random", tuple(block_tokens))) in node.children:
-                break  # the trie holds other tokens under this key; never shadow its node
+                stop = "trie_conflict"  # the trie holds other tokens under this key; never shadow its node
+                break
             logical = self._allocate_device_block(trie)
             if logical is None:
+                stop = "no_device_block"
                 break
             # the sequence's reference right away (the trie holds the first), so that making room
             # for the next restored block cannot evict this one
@@ -332,6 +342,8 @@ class TieredPrefixCache(KVCacheHooks):
             node = self._link(trie, node, logical, block_tokens, key.block_hash)
             restored.append(logical)
             self.stats.hit_tokens[tier.value] += block_size
+        if stop is not None:
+            self.stats.restore_stops[stop] += 1
         if not restored:
             return
         blocks = np.array(restored)

@@ -227,13 +227,41 @@ def test_writes_are_asynchronous_and_bounded(tmp_path, monkeypatch):
         monkeypatch.setattr(s, "_write_file", slow)
         first = s.put([key(1)], [payload(1)])
         assert first.keys == (key(1),)  # returned while the write is still blocked
-        assert not s.has(key(1)) and s.ssd_stats().pending_writes == 1
+        assert s.ssd_stats().pending_writes == 1 and s.keys() == ()  # not published yet
+        # ... but readable from the queued copy: a block demoted a moment ago is found again
+        assert s.has(key(1)) and s.lineage(key(1)) is None
+        assert s.get([key(1)]).payloads == (payload(1),)
+        assert not os.path.exists(first.locations[0])
         second = s.put([key(2)], [payload(2)])
         assert second.keys == () and second.skipped == (key(2),)  # queue bound reached
         assert s.flush(0.05) is False
         gate.set()
         assert s.flush(10)
+        assert s.keys() == (key(1),) and s.get([key(1)]).payloads == (payload(1),)
+        assert s._entries[key(1)].queued_payload is None  # the file serves it now
+
+
+def test_a_failed_or_cancelled_write_is_not_served(tmp_path, monkeypatch):
+    with open_store(tmp_path, writer_threads=1) as s:
+        gate = threading.Event()
+
+        def failing(path, data):
+            gate.wait(10)
+            raise RuntimeError("injected")
+
+        monkeypatch.setattr(s, "_write_file", failing)
+        s.put([key(1)], [payload(1)])
         assert s.has(key(1))
+        gate.set()
+        assert s.flush(10)
+        assert not s.has(key(1)) and s.get([key(1)]).keys == ()
+        plan = s.prepare_store(StoreSpec((key(2),), (0,), KVTier.SSD))
+        gate.clear()
+        s.write(plan, [payload(2)])
+        s.complete_store(plan, success=False)
+        assert not s.has(key(2))
+        gate.set()
+        assert s.flush(10)
 
 
 def test_complete_store_contract(tmp_path):
