@@ -187,6 +187,7 @@ def run_lmdeploy(spec: dict, engine: str) -> dict:
             record["tier_hits"] = {t: after["hit_tokens"][t] - before["hit_tokens"][t] for t in after["hit_tokens"]}
             record["tier_blocks"] = {k: after[k] - before[k] for k in ("offloaded_blocks", "restored_blocks",
                                                                         "rejected_blocks", "lookups")}
+            record["tier_ms"] = {k: round((t - before["seconds"][k]) * 1000, 3) for k, t in after["seconds"].items()}
             record["restore_stops"] = {k: n - before["restore_stops"][k] for k, n in after["restore_stops"].items()
                                        if n != before["restore_stops"][k]}
         return record

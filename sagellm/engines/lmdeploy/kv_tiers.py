@@ -18,6 +18,7 @@ another executor they stay off with a warning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from sagellm.core.kv_backend import KVBlockKey
 from sagellm.kv_policy import PolicyOptions, build_policy
 from sagellm.kv_policy.cost import CostModel, TierCost
 from sagellm.kv_runtime import HostBlockPool, SsdBlockStore, StoreHints, TieredKVStore, pack_block, unpack_block
+from sagellm.kv_runtime.layout import pack_stacked, stacked_shape, unpack_stacked
 from sagellm.kv_runtime.config import KVTierConfig
 from sagellm.prefix_reuse import ROOT_PARENT, BlockLineage, PrefixNamespace, block_hashes, token_bytes
 from sagellm.telemetry import metrics
@@ -47,6 +49,9 @@ _GIB = 1 << 30
 _HASH_ATTR = "_sagellm_block_hash"
 _TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
+
+#: ``TierHitStats.seconds``: time spent in the hooks on the engine's loop, per hook.
+HOOK_TIMERS = ("restore", "writeback", "release")
 
 #: Why a restore stopped short of the prompt's last full block (``TierHitStats.restore_stops``).
 RESTORE_STOPS = ("not_stored", "lineage", "trie_conflict", "no_device_block")
@@ -62,6 +67,7 @@ class TierHitStats:
     restored_blocks: int = 0
     rejected_blocks: int = 0
     restore_stops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTORE_STOPS, 0))
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(HOOK_TIMERS, 0.0))
 
     def as_dict(self) -> dict:
         return {
@@ -71,7 +77,25 @@ class TierHitStats:
             "restored_blocks": self.restored_blocks,
             "rejected_blocks": self.rejected_blocks,
             "restore_stops": dict(self.restore_stops),
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
         }
+
+
+def _timed(bucket: str):
+    """Add the wall time of a hook to ``self.stats.seconds[bucket]`` (all of it runs on the engine's loop)."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def timed(self, *args):
+            started = time.perf_counter()
+            try:
+                return method(self, *args)
+            finally:
+                self.stats.seconds[bucket] += time.perf_counter() - started
+
+        return timed
+
+    return wrap
 
 
 def model_identity(model_path: str) -> str:
@@ -101,6 +125,19 @@ def cache_schema(cache_engine) -> KVCacheSchema:
     )
 
 
+#: Blocks the host tier frees at least per eviction, when it holds that many 8-fold: each eviction
+#: scans the pool and runs the policy, and one block per device-trie eviction made that scan the
+#: largest cost of a prefix restore (multi-turn chat, 64-block host tier).
+HOST_EVICT_MIN_BLOCKS = 8
+
+
+def host_evict_fraction(num_slots: int) -> float:
+    """``HostBlockPool.evict_fraction``: 1% of the pool, or ``HOST_EVICT_MIN_BLOCKS`` if more, at most 1/8."""
+    if num_slots <= 0:
+        return 0.01
+    return max(0.01, min(HOST_EVICT_MIN_BLOCKS / num_slots, 0.125))
+
+
 def build_store(config: KVTierConfig, schema: KVCacheSchema) -> TieredKVStore:
     lower = [KVTier.SSD] if "ssd" in config.kv_tiers else []
     options = PolicyOptions(demote=bool(lower))
@@ -113,7 +150,9 @@ def build_store(config: KVTierConfig, schema: KVCacheSchema) -> TieredKVStore:
         )
     host = ssd = None
     if "host" in config.kv_tiers:
-        host = HostBlockPool.from_bytes(schema, int(config.host_cache_gib * _GIB), policy=build_policy(config.kv_policy, options))
+        host_bytes = int(config.host_cache_gib * _GIB)
+        host = HostBlockPool.from_bytes(schema, host_bytes, policy=build_policy(config.kv_policy, options),
+                                        evict_fraction=host_evict_fraction(schema.blocks_in(host_bytes)))
     if "ssd" in config.kv_tiers:
         ssd = SsdBlockStore(
             config.ssd_cache_dir, schema, int(config.ssd_cache_gib * _GIB), policy=build_policy(config.kv_policy, options)
@@ -130,6 +169,7 @@ class TieredPrefixCache(KVCacheHooks):
         self.stats = TierHitStats()
         self.store: TieredKVStore | None = None
         self._cache_engine = None
+        self._stacked = False
         self._allocator = None
         self._schema: KVCacheSchema | None = None
         self._namespaces: dict[str, bytes] = {}
@@ -154,6 +194,7 @@ class TieredPrefixCache(KVCacheHooks):
         self._schema = cache_schema(cache_engine)
         self._model = model
         self._kv_dtype = self._schema.dtype
+        self._stacked = stacked_shape(self._schema) is not None
         self.store = build_store(self.config, self._schema)
         self.enabled = True
         logger.info("KV tiers on: %s (policy %s)", ",".join(self.config.kv_tiers), self.config.kv_policy)
@@ -211,6 +252,8 @@ class TieredPrefixCache(KVCacheHooks):
 
     def _read_device_block(self, physical: int) -> bytes:
         keys, values = self._cache_engine.full_gpu_cache[0], self._cache_engine.full_gpu_cache[1]
+        if self._stacked:
+            return pack_stacked(self._schema, keys[:, physical], values[:, physical])
         tensors = []
         for layer in range(keys.shape[0]):
             tensors += [keys[layer, physical], values[layer, physical]]
@@ -218,15 +261,19 @@ class TieredPrefixCache(KVCacheHooks):
 
     def _write_device_block(self, physical: int, payload: bytes) -> None:
         keys, values = self._cache_engine.full_gpu_cache[0], self._cache_engine.full_gpu_cache[1]
-        tensors = unpack_block(self._schema, payload)
-        for layer in range(keys.shape[0]):
-            keys[layer, physical].copy_(tensors[2 * layer])
-            values[layer, physical].copy_(tensors[2 * layer + 1])
+        if self._stacked:
+            unpack_stacked(self._schema, payload, keys[:, physical], values[:, physical])
+        else:
+            tensors = unpack_block(self._schema, payload)
+            for layer in range(keys.shape[0]):
+                keys[layer, physical].copy_(tensors[2 * layer])
+                values[layer, physical].copy_(tensors[2 * layer + 1])
         if keys.device.type == "cuda":
             # the next forward runs on the model agent's stream: the copy must be complete first
             torch.cuda.synchronize(keys.device)
 
     # -- write-back on eviction ---------------------------------------------------------------
+    @_timed("writeback")
     def before_trie_evict(self, trie, node: Node) -> None:
         if not self.enabled:
             return
@@ -250,6 +297,7 @@ class TieredPrefixCache(KVCacheHooks):
         self.stats.offloaded_blocks += len(plan.keys)
 
     # -- store on release ----------------------------------------------------------------------------
+    @_timed("release")
     def before_sequence_free(self, scheduler, seq) -> None:
         """Keep the computed full blocks the trie did not cache (e.g. a request that ended at prefill).
 
@@ -295,6 +343,7 @@ class TieredPrefixCache(KVCacheHooks):
         self.stats.offloaded_blocks += len(plan.keys)
 
     # -- restore on match --------------------------------------------------------------------------
+    @_timed("restore")
     def after_prefix_match(self, scheduler, seq) -> None:
         trie = scheduler.block_trie
         if not trie.enable:
@@ -319,6 +368,7 @@ class TieredPrefixCache(KVCacheHooks):
         self.stats.rejected_blocks += len(fetched.failed)
         restored = []
         stop = "not_stored" if len(fetched.keys) < num_blocks else None
+        self._make_room(trie, len(fetched.keys))
         for index, (key, payload, tier) in enumerate(zip(fetched.keys, fetched.payloads, fetched.tiers)):
             block_tokens = tokens[index * block_size : (index + 1) * block_size]
             if not self._lineage_matches(key, tier, block_tokens):
@@ -357,6 +407,12 @@ class TieredPrefixCache(KVCacheHooks):
         backend = self.store.backend(tier)
         lineage = backend.lineage(key)
         return lineage is not None and lineage.token_bytes == token_bytes(block_tokens)
+
+    def _make_room(self, trie, num_blocks: int) -> None:
+        """Evict trie leaves for ``num_blocks`` device blocks in one pass (one heap of leaves, not one per block)."""
+        free = min(self._allocator.get_num_free_blocks(), self._allocator.get_phy_allocator("gpu").get_num_free_blocks())
+        if num_blocks > free:
+            trie.evict(num_blocks - free)
 
     def _allocate_device_block(self, trie) -> int | None:
         if self._allocator.get_num_free_blocks() < 1 or self._allocator.get_phy_allocator("gpu").get_num_free_blocks() < 1:

@@ -66,3 +66,31 @@ def test_fingerprint_depends_on_layout():
         KVCacheSchema(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype="bfloat16")
     )
     assert len(schema_fingerprint(a)) == 8
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_stacked_pack_equals_pack_block_and_unpacks_into_cache_views(dtype):
+    from sagellm.kv_runtime.layout import pack_stacked, stacked_shape, unpack_stacked
+
+    schema = KVCacheSchema(num_layers=3, num_kv_heads=2, head_dim=4, block_size=4, dtype=dtype)
+    assert stacked_shape(schema) == (3, 2, 4, 2, 4)
+    g = torch.Generator().manual_seed(1)
+    # [layers, blocks, block_size, heads, dim], as LMDeploy's cache engine lays out K and V
+    keys = torch.randn(3, 5, 4, 2, 4, generator=g).to(getattr(torch, dtype))
+    values = torch.randn(3, 5, 4, 2, 4, generator=g).to(getattr(torch, dtype))
+    per_tensor = [t for layer in range(3) for t in (keys[layer, 2], values[layer, 2])]
+    data = pack_stacked(schema, keys[:, 2], values[:, 2])
+    assert data == pack_block(schema, per_tensor)
+    unpack_stacked(schema, data, keys[:, 4], values[:, 4])
+    assert torch.equal(keys[:, 4], keys[:, 2]) and torch.equal(values[:, 4], values[:, 2])
+
+
+def test_stacked_layout_only_for_unscaled_kv_of_one_shape():
+    from sagellm.kv_runtime.layout import pack_stacked, stacked_shape
+
+    for schema in (KVCacheSchema(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype="int8"),
+                   KVCacheSchema(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype="int4"),
+                   KVCacheSchema(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4, dtype="float16", v_head_dim=8)):
+        assert stacked_shape(schema) is None
+        with pytest.raises(ValueError, match="unscaled schema"):
+            pack_stacked(schema, torch.zeros(2, 4, 2, 4), torch.zeros(2, 4, 2, 4))
