@@ -32,7 +32,7 @@ Run (about 25 minutes on the 2-core machine with the defaults)::
     .venv/bin/python benchmarks/goodput.py --rates 1,2,3 --requests 60 --arms fifo,slo_aware
 
 Writes ``benchmarks/results/goodput-<UTC timestamp>.json`` and ``.md``; server logs and plan traces
-go to ``benchmarks/results/tmp/goodput-<timestamp>/``.
+(with ``--trace``) go to ``benchmarks/results/tmp/goodput-<timestamp>/``.
 """
 
 from __future__ import annotations
@@ -261,6 +261,7 @@ class EngineOptions:
     max_batch_size: int = 32
     session_len: int = 4096
     block_size: int = 64
+    trace: bool = False  # write every scheduling plan (costs a JSON record per step: debugging only)
 
 
 def sagellm_arm(strategy: str, options: EngineOptions, extra_args: tuple[str, ...] = ()) -> Arm:
@@ -275,8 +276,9 @@ def sagellm_arm(strategy: str, options: EngineOptions, extra_args: tuple[str, ..
             port = SagePorts.allocate()
             cmd = [sys.executable, "-m", "sagellm.cli.main", "llm", "engine", "start", options.model,
                    "--host", "127.0.0.1", "--port", str(port), "--no-sample", *_engine_args(options),
-                   "--scheduler", strategy,
-                   "--sched-trace", str(work / f"{strategy}-plans.jsonl"), *extra_args]
+                   "--scheduler", strategy, *extra_args]
+            if options.trace:
+                cmd += ["--sched-trace", str(work / f"{strategy}-plans.jsonl")]
             log = work / f"{strategy}-{port}.log"
             env = {**os.environ, "SAGELLM_PLUGINS": "all"}
             env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -498,6 +500,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--interactive-tpot-ms", type=float)
     ap.add_argument("--long-ttft-ms", type=float)
     ap.add_argument("--long-tpot-ms", type=float)
+    ap.add_argument("--trace", action="store_true",
+                    help="write each arm's scheduling plans (JSON lines) next to its log; slows the traced arms")
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args(argv)
 
@@ -515,7 +519,7 @@ def main(argv=None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     work = args.out / "tmp" / f"goodput-{stamp}"
     rates = [float(r) for r in args.rates.split(",")]
-    options = EngineOptions(model=model)
+    options = EngineOptions(model=model, trace=args.trace)
     fixed = {"interactive": (args.interactive_ttft_ms, args.interactive_tpot_ms), "long": (args.long_ttft_ms, args.long_tpot_ms)}
     classes = tuple(replace(c, slo_ttft_ms=fixed[c.name][0], slo_tpot_ms=fixed[c.name][1]) for c in DEFAULT_CLASSES)
     arms = {name: make_arm(name, options) for name in args.arms.split(",")}
