@@ -30,7 +30,7 @@ class StrategyOptions:
     """
 
     aging_s: float = 5.0
-    chunk_tokens: int = 256
+    chunk_tokens: int = 0
     on_unattainable: str = "reject"
     max_defer_s: float = 30.0
     default_ttft_ms: float = 10_000.0
@@ -66,8 +66,9 @@ class SchedulerConfig:
         default=5.0, metadata={"help": "priority: seconds of waiting that improve a request's priority by 1 (0: off)"}
     )
     sched_chunk_tokens: int = field(
-        default=256,
-        metadata={"help": "slo_aware/adaptive: most prefill tokens of one long prompt per step (0: never split)"},
+        default=0,
+        metadata={"help": "slo_aware/adaptive: most prefill tokens of one long prompt per step (0: never split; "
+                          "splitting pays where a step's fixed cost is small against a chunk's compute, e.g. GPUs)"},
     )
     sched_on_unattainable: Literal["reject", "defer"] = field(
         default="reject",

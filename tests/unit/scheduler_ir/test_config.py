@@ -18,7 +18,7 @@ def test_env_round_trip_of_every_option():
 def test_defaults_are_lmdeploy_fifo():
     config = load_config(SchedulerConfig, env={})
     assert config.scheduler == "fifo" and config.sched_trace is None
-    assert config.options() == StrategyOptions(aging_s=5.0, chunk_tokens=256, on_unattainable="reject")
+    assert config.options() == StrategyOptions(aging_s=5.0, chunk_tokens=0, on_unattainable="reject")
 
 
 def test_bad_values_name_the_option_and_the_accepted_values():
@@ -31,7 +31,7 @@ def test_bad_values_name_the_option_and_the_accepted_values():
 
 
 @pytest.mark.parametrize("scheduler, loops, expected", [
-    ("fifo", 0, None), ("priority", 0, None), ("slo_aware", 0, 4), ("slo_aware", 2, 2), ("fifo", 8, 8),
+    ("fifo", 0, None), ("priority", 0, None), ("slo_aware", 0, None), ("slo_aware", 2, 2), ("fifo", 8, 8),
 ])
 def test_decode_loops_come_from_the_strategy_unless_set(scheduler, loops, expected):
     assert SchedulerConfig(scheduler=scheduler, sched_decode_loops=loops).decode_loops() == expected

@@ -12,10 +12,10 @@ from sagellm.scheduler_ir.config import SchedulerConfig
 @pytest.mark.parametrize("scheduler, spec_tokens, device, expected", [
     (None, None, "cpu", 16),         # LMDeploy's default
     ("fifo", None, "cpu", 16),
-    ("slo_aware", None, "cpu", 4),   # short rounds: arrivals are admitted sooner
+    ("slo_aware", None, "cpu", 16),  # LMDeploy's rounds: shorter ones lost goodput on the cpu
     ("fifo", 4, "cpu", 4),           # ceil(16 / (4 + 1)): little work after a stop
     ("fifo", 1, "cpu", 8),
-    ("slo_aware", 1, "cpu", 4),      # the shorter of the two
+    ("slo_aware", 1, "cpu", 8),
     ("fifo", 4, "cuda", 16),         # asynchronous device: LMDeploy's rounds
 ])
 def test_prefill_interval(tmp_path, scheduler, spec_tokens, device, expected):
