@@ -214,20 +214,25 @@ def test_an_unattainable_request_ends_with_the_reason_and_leaves_the_queue():
     assert scheduler.schedule(is_prefill=True).running == []  # nothing left waiting
 
 
-def test_blocks_of_a_deferred_request_are_evicted_for_the_candidates():
-    """Non-candidates stay in LMDeploy's waiting list after the candidates: evictable, never admitted."""
-    install("slo_aware", sched_chunk_tokens=8, sched_on_unattainable="defer")
+def test_a_late_prompt_under_way_yields_its_blocks_to_an_attainable_one_and_is_not_turned_away():
+    """A started prefill that can no longer meet its TTFT is served late, behind what can still be on time.
+
+    It stays in LMDeploy's waiting list after the attainable request, so its cached chunk is evictable
+    when the attainable one needs the room; it is neither rejected nor deferred (its earlier chunks are paid for).
+    """
+    hooks = install("slo_aware", sched_chunk_tokens=8, sched_on_unattainable="defer")
     scheduler = make_scheduler(num_blocks=3)
-    held = add(scheduler, 0, list(range(28)), slo_ttft_ms=1000.0)
+    late = add(scheduler, 0, list(range(28)), slo_ttft_ms=1000.0)
     out = scheduler.schedule(is_prefill=True)  # its first 8-token chunk
     step_outputs(scheduler, out.running, is_decoding=False)
-    assert (held.status, held.num_history_ids, held.num_blocks) == (MessageStatus.WAITING, 8, 2)
-    held.request_metadata["arrival_time"] = time.time() - 10.0  # now it cannot meet its TTFT: deferred
+    assert (late.status, late.num_history_ids, late.num_blocks) == (MessageStatus.WAITING, 8, 2)
+    late.request_metadata["arrival_time"] = time.time() - 10.0  # now it cannot meet its TTFT
     fresh = add(scheduler, 1, list(range(100, 128)), slo_ttft_ms=60_000.0)  # its first chunk needs 2 of 3 blocks
     out = scheduler.schedule(is_prefill=True)
     assert out.running == [fresh]
-    assert fresh.num_token_ids == 8  # its own first chunk; the deferred request gave up its blocks
-    assert (held.status, held.num_history_ids, held.num_blocks) == (MessageStatus.WAITING, 0, 0)
+    assert fresh.num_token_ids == 8  # its own first chunk; the late prompt gave up one block (4 tokens)
+    assert (late.status, late.num_history_ids, late.num_blocks) == (MessageStatus.WAITING, 4, 1)
+    assert hooks.rejected == 0
 
 
 @pytest.mark.parametrize("device_type, waits", [("cpu", False), ("cuda", True)])
