@@ -80,7 +80,7 @@ class SchedulerConfig:
     sched_decode_loops: int = field(
         default=0,
         metadata={"help": "decode steps per scheduling round (LMDeploy's prefill_interval; new requests are admitted "
-                          "only between rounds); 0: the strategy's choice (slo_aware 4, others LMDeploy's 16)"},
+                          "only between rounds); 0: LMDeploy's 16"},
     )
 
     def __post_init__(self) -> None:

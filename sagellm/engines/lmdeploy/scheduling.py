@@ -22,6 +22,8 @@ hook (patch 0004)           what happens here
                             for the next chunk, without emitting the token sampled after it
 ``await_forward_event``     on synchronous devices (cpu), request intake and response sending
                             do not wait for queued forwards (see below)
+``after_forward``           on synchronous devices, the model agent yields ``SYNCHRONOUS_YIELDS``
+                            event-loop turns per forward instead of one (see below)
 ==========================  ==================================================================
 
 With ``fifo`` and no trace every hook returns LMDeploy's own answer without building a
@@ -35,6 +37,15 @@ requests are running: new requests wait until the engine falls idle and every to
 reaches the client at once (measured: 200 tokens streamed as one chunk after 1.1 s). For devices in
 ``SYNCHRONOUS_DEVICES`` the wait is a plain yield instead, whatever the strategy (``fifo`` included):
 requests join the next step and tokens stream as they are produced.
+
+That alone is not enough: the forward is the only thing that runs between two turns of the loop,
+and LMDeploy's model agent gives up one turn per forward. A token on its way out moves through
+several tasks (engine outputs -> response loop -> the request's stream -> the RPC server's socket)
+and a new request through as many on its way in, one hop per turn, so each crossing took several
+forward steps, and a request that finished mid-round was replaced only one or two decode rounds
+later. ``after_forward`` gives the loop ``SYNCHRONOUS_YIELDS`` turns per forward on those devices
+(about 10 us each when nothing is ready). Measured on chat at concurrency 32 (tiny model, 2 cores):
+TTFT p50 1.6 s -> 0.6 s, output throughput 615 -> 700 tok/s.
 
 How a prompt is split across steps (LMDeploy 0.11 has no chunked prefill): the sequence's token
 buffer is cut at the chunk end (a KV-block boundary) and the rest kept aside, so the engine
@@ -79,6 +90,9 @@ logger = logging.getLogger("sagellm.scheduling")
 _PLAIN_SEQUENCE = "SchedulerSequenceDefault"
 #: devices whose forward runs synchronously in the engine's event loop (see the module docstring)
 SYNCHRONOUS_DEVICES = frozenset({"cpu"})
+#: event-loop turns the model agent gives up after each forward on those devices: enough for a
+#: token or a new request to cross the engine process's task chain within one step
+SYNCHRONOUS_YIELDS = 8
 
 
 @dataclass
@@ -202,6 +216,10 @@ class SagellmSchedulerHooks(SchedulerHooks):
             await asyncio.sleep(0)  # let the forward task run first, then go on
             return
         await forward_event.wait()
+
+    async def after_forward(self, agent) -> None:
+        for _ in range(SYNCHRONOUS_YIELDS if self.synchronous_device else 1):
+            await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ snapshot
 

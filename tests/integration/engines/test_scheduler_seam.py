@@ -22,7 +22,7 @@ from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sc
 from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
 
 from sagellm.core.request import RequestMetadata
-from sagellm.engines.lmdeploy.scheduling import SagellmSchedulerHooks
+from sagellm.engines.lmdeploy.scheduling import SYNCHRONOUS_YIELDS, SagellmSchedulerHooks
 from sagellm.engines.lmdeploy.scheduling_api import REJECT_MARKER
 from sagellm.scheduler_ir import SchedulerConfig as SagellmSchedulerConfig
 from sagellm.scheduler_ir import read_records
@@ -249,3 +249,36 @@ def test_request_intake_waits_for_queued_forwards_only_on_asynchronous_devices(d
             return False
 
     assert asyncio.run(gate_open()) is (not waits)
+
+
+def _turns_given_by(hooks) -> int:
+    """How many turns another ready task gets while the model agent is inside ``after_forward``."""
+
+    async def measure() -> int:
+        turns = 0
+
+        async def neighbour():
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(neighbour())
+        await asyncio.sleep(0)  # the neighbour takes its first turn and is ready again
+        before = turns
+        await hooks.after_forward(agent=None)
+        task.cancel()
+        return turns - before
+
+    return asyncio.run(measure())
+
+
+@pytest.mark.parametrize("device_type, turns", [("cpu", SYNCHRONOUS_YIELDS), ("cuda", 1)])
+def test_the_model_agent_gives_the_event_loop_more_turns_per_forward_only_on_synchronous_devices(device_type, turns):
+    hooks = SagellmSchedulerHooks(SagellmSchedulerConfig())
+    hooks.attach(RecordingEngine(device_type))
+    assert _turns_given_by(hooks) == turns
+
+
+def test_the_default_after_forward_yields_one_turn_like_stock():
+    assert _turns_given_by(SchedulerHooks()) == 1
