@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sagellm.accel.kernels.cpu import DenseDecodeKV, DensePlan, fill_kv_cache, gather_history, pack_batch, paged_attention
+from sagellm.accel.kernels.cpu.dense_decode import length_buckets
 
 BLOCK = 4
 HEADS, KV_HEADS, DIM = 4, 2, 8
@@ -67,8 +68,11 @@ def _decode_run(steps, dense):
         history = dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
         gathered = gather_history(k_cache, table, kv, packed).transpose(1, 2)
         valid = torch.arange(packed.max_kv_len)[None, :] < kv[:, None]
-        assert torch.equal(history[0].transpose(1, 2)[valid], gathered.transpose(1, 2)[valid])
-        assert bool(torch.isfinite(history[0]).all() and torch.isfinite(history[1]).all())
+        keys, values = history.batch_order(packed.max_kv_len)
+        assert torch.equal(keys.transpose(1, 2)[valid], gathered.transpose(1, 2)[valid])
+        assert history.order.tolist() == [1, 2, 0]  # longest history first
+        assert torch.equal(history.kv_seqlens, kv[history.order])
+        assert bool(torch.isfinite(history.keys).all() and torch.isfinite(history.values).all())
         args = (query, k_cache, v_cache, table, ones, kv, packed)
         outs.append((paged_attention(*args, scale=0.3, history=history), paged_attention(*args, scale=0.3)))
     return outs
@@ -79,7 +83,38 @@ def test_appended_history_equals_the_paged_gather_bit_for_bit():
     outs = _decode_run(8, dense)  # crosses block boundaries and the headroom (rebuilds once)
     assert dense.stats["append"] >= 5 and dense.stats["rebuild"] >= 2
     for with_dense, gathered in outs:
-        assert torch.equal(with_dense, gathered)
+        # bucketed attention sums over fewer padded keys than the gather path: equal up to rounding
+        torch.testing.assert_close(with_dense, gathered, rtol=1e-6, atol=1e-6)
+
+
+def test_length_buckets_trade_padding_against_calls():
+    assert length_buckets([]) == []
+    assert length_buckets([9, 9, 9]) == [(0, 3)]  # equal lengths: one call
+    assert length_buckets([1000, 100, 100, 100], call_positions=10) == [(0, 1), (1, 4)]
+    assert length_buckets([1000, 100, 100, 100], call_positions=10_000) == [(0, 4)]  # a call costs more
+    # 2 * 800 + 3 * 200 = 2200 beats 1 * 800 + 4 * 400 and 3 * 800 + 2 * 100
+    assert length_buckets([800, 400, 200, 100, 50], call_positions=0, max_buckets=2) == [(0, 2), (2, 5)]
+
+
+def test_buckets_are_cut_at_rebuild_and_grow_with_every_step():
+    dense = DenseDecodeKV(budget_bytes=1 << 20, headroom=8, bucket_call_positions=16)
+    k_cache, v_cache = torch.randn(64, BLOCK, KV_HEADS, DIM), torch.randn(64, BLOCK, KV_HEADS, DIM)
+    table = torch.arange(60).view(3, 20).int()
+    lengths = [3, 60, 4]
+    for step in range(3):
+        kv = torch.tensor(lengths) + step
+        packed, kv = _packed([1, 1, 1], kv.tolist())
+        plan = dense.plan(packed, table, kv, BLOCK, PER_POSITION)
+        key, value = torch.randn(3, KV_HEADS, DIM), torch.randn(3, KV_HEADS, DIM)
+        fill_kv_cache(key, value, k_cache, v_cache, table, packed)
+        history = dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
+        assert plan is (DensePlan.REBUILD if step == 0 else DensePlan.APPEND)
+        assert history.order.tolist() == [1, 2, 0]
+        assert history.buckets == ((0, 1, 60 + step), (1, 3, 4 + step))
+        query = torch.randn(3, HEADS, DIM)
+        args = (query, k_cache, v_cache, table, torch.ones(3, dtype=torch.long), kv, packed)
+        torch.testing.assert_close(paged_attention(*args, scale=0.3, history=history),
+                                   paged_attention(*args, scale=0.3), rtol=1e-6, atol=1e-6)
 
 
 def test_a_layer_that_missed_a_step_rebuilds():
@@ -93,6 +128,7 @@ def test_a_layer_that_missed_a_step_rebuilds():
         plan = dense.plan(packed, table, kv, BLOCK, PER_POSITION)
         if length != 6:  # this layer skipped step 2: its copy lacks position 5
             fill_kv_cache(key, value, k_cache, v_cache, table, packed)
-            keys, _ = dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
+            history = dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
     assert plan is DensePlan.APPEND
+    keys, _ = history.batch_order(packed.max_kv_len)
     assert torch.equal(keys[0].transpose(0, 1), gather_history(k_cache, table, kv, packed)[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,8 @@ from sagellm.accel.kernels.cpu import (
 )
 
 BLOCK = 4
+
+paged_attention_module = importlib.import_module("sagellm.accel.kernels.cpu.paged_attention")
 
 
 def test_pack_batch_indices_exact():
@@ -193,6 +197,14 @@ def test_fresh_prefill_path_matches_dense_reference_with_nan_garbage(dtype, atol
     out = paged_attention(*args, scale=8**-0.5)
     assert bool(torch.isfinite(out).all())
     torch.testing.assert_close(out.float(), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("call_pairs", [0, 10**9])
+def test_fresh_prefill_one_call_per_sequence_or_padded_gives_the_same(call_pairs, monkeypatch):
+    monkeypatch.setattr(paged_attention_module, "PREFILL_CALL_PAIRS", call_pairs)
+    assert paged_attention_module._padding_outweighs_calls([5, 1, 9], 9) is (call_pairs == 0)
+    args, expected = _scenario([0, 0, 0], [5, 1, 9])
+    torch.testing.assert_close(paged_attention(*args, scale=8**-0.5), expected, atol=2e-6, rtol=0)
 
 
 def test_fresh_prefill_of_equal_lengths_needs_no_padding():
