@@ -282,3 +282,26 @@ def test_the_model_agent_gives_the_event_loop_more_turns_per_forward_only_on_syn
 
 def test_the_default_after_forward_yields_one_turn_like_stock():
     assert _turns_given_by(SchedulerHooks()) == 1
+
+
+def _in_flight(is_decoding: bool) -> dict:
+    return {"inputs": SimpleNamespace(is_decoding=is_decoding)}
+
+
+@pytest.mark.parametrize("device_type, in_flight_decodes, engine_choice, expected", [
+    ("cpu", False, True, False),  # a prefill in flight: its sequences join the next decode round
+    ("cpu", True, True, True),
+    ("cpu", True, False, False),
+    ("cuda", False, True, True),  # asynchronous devices overlap the early scheduling: stock
+    ("cuda", True, True, True),
+])
+def test_nothing_is_scheduled_during_a_prefill_only_on_synchronous_devices(device_type, in_flight_decodes,
+                                                                           engine_choice, expected):
+    hooks = SagellmSchedulerHooks(SagellmSchedulerConfig())
+    hooks.attach(RecordingEngine(device_type))
+    assert hooks.prefetch_next(hooks.engine, _in_flight(in_flight_decodes), engine_choice) is expected
+
+
+@pytest.mark.parametrize("engine_choice", [True, False])
+def test_the_default_prefetch_follows_the_engine(engine_choice):
+    assert SchedulerHooks().prefetch_next(None, _in_flight(False), engine_choice) is engine_choice
