@@ -452,9 +452,10 @@ def render_markdown(report: dict) -> str:
     lines.append("")
     lines.append("SLO capacity (highest rate attaining >= 90 %, interpolated): " + ", ".join(
         f"{a} {c if c is not None else '< lowest rate'}" for a, c in cmp_["capacity_rps"].items()))
-    if cmp_.get("capacity_ratio_vs_fifo"):
+    ratios = {a: v for a, v in (cmp_.get("capacity_ratio_vs_fifo") or {}).items() if v is not None}
+    if ratios:  # none when fifo misses already at the lowest rate
         lines.append("")
-        lines.append("Capacity ratio vs fifo: " + ", ".join(f"{a} {v}x" for a, v in cmp_["capacity_ratio_vs_fifo"].items()))
+        lines.append("Capacity ratio vs fifo: " + ", ".join(f"{a} {v}x" for a, v in ratios.items()))
     lines.append("")
     lines.append(f"Target (issue 5): slo_aware >= {TARGET_RATIO}x fifo goodput at fifo's knee: "
                  f"**{report['verdict']}**.")
