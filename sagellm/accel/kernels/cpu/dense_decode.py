@@ -81,35 +81,40 @@ def length_buckets(lengths: list[int], call_positions: int = BUCKET_CALL_POSITIO
     return runs[::-1]
 
 
-@dataclass
-class DenseHistory:
-    """One layer's dense decode history, rows longest history first.
+@dataclass(frozen=True)
+class RowLayout:
+    """How one decode step's dense rows are ordered and bucketed (shared by every layer).
 
     Attributes:
-        keys, values: [batch, kv_heads, capacity, dim]; row ``r`` holds sequence ``order[r]``.
-        order: [batch] batch index of each row; ``inverse``: row of each batch index.
+        order: [batch] batch index of each row (longest history first); ``inverse``: row of each
+            batch index; ``in_batch_order``: the rows are already in batch order.
         buckets: ``(start, end, length)`` row runs; rows ``start..end-1`` attend over positions
             ``0..length-1`` (``length``: the run's longest history this step).
         kv_seqlens: [batch] history lengths in row order.
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
     order: torch.Tensor
     inverse: torch.Tensor
+    in_batch_order: bool
     buckets: tuple[tuple[int, int, int], ...]
     kv_seqlens: torch.Tensor
 
-    @property
-    def in_batch_order(self) -> bool:
-        return bool(torch.equal(self.order, torch.arange(self.order.numel(), device=self.order.device)))
+
+@dataclass
+class DenseHistory:
+    """One layer's dense decode history: ``keys``/``values`` ``[batch, kv_heads, capacity, dim]``,
+    row ``r`` holding sequence ``layout.order[r]``."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    layout: RowLayout
 
     def batch_order(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V as ``[batch, kv_heads, length, dim]`` in batch order (a copy unless rows already are)."""
         keys, values = self.keys[:, :, :length], self.values[:, :, :length]
-        if self.in_batch_order:
+        if self.layout.in_batch_order:
             return keys, values
-        return keys.index_select(0, self.inverse), values.index_select(0, self.inverse)
+        return keys.index_select(0, self.layout.inverse), values.index_select(0, self.layout.inverse)
 
 
 @dataclass
@@ -138,8 +143,10 @@ class DenseDecodeKV:
     _step: int = 0
     _order: torch.Tensor | None = field(default=None, repr=False)
     _inverse: torch.Tensor | None = field(default=None, repr=False)
+    _in_batch_order: bool = False
     _runs: list = field(default_factory=list, repr=False)  # (start, end, longest history at rebuild)
     _rebuild_step: int = 0
+    _layout: RowLayout | None = field(default=None, repr=False)  # this step's, set by plan()
     _layers: dict = field(default_factory=dict, repr=False)
     stats: dict = field(default_factory=lambda: {"rebuild": 0, "append": 0, "off": 0})
 
@@ -148,6 +155,7 @@ class DenseDecodeKV:
         self._table = None
         self._kv_seqlens = None
         self._capacity = 0
+        self._layout = None
         self._layers.clear()
 
     def plan(
@@ -174,6 +182,14 @@ class DenseDecodeKV:
         else:
             self._table = block_offsets.clone()
             self._kv_seqlens = kv_seqlens.clone()
+            grown = self._step - self._rebuild_step  # every history is one token longer per step
+            self._layout = RowLayout(
+                order=self._order,
+                inverse=self._inverse,
+                in_batch_order=self._in_batch_order,
+                buckets=tuple((start, end, length + grown) for start, end, length in self._runs),
+                kv_seqlens=kv_seqlens.index_select(0, self._order),
+            )
         return plan
 
     def _plan(self, packed, block_offsets, kv_seqlens, block_size, bytes_per_position) -> DensePlan:
@@ -197,7 +213,9 @@ class DenseDecodeKV:
         order = torch.sort(kv_seqlens, descending=True, stable=True).indices
         self._order = order
         self._inverse = torch.empty_like(order)
-        self._inverse[order] = torch.arange(order.numel(), device=order.device)
+        rows = torch.arange(order.numel(), device=order.device)
+        self._inverse[order] = rows
+        self._in_batch_order = bool(torch.equal(order, rows))
         lengths = kv_seqlens.index_select(0, order).tolist()
         self._runs = [(start, end, lengths[start]) for start, end in length_buckets(lengths, self.bucket_call_positions)]
         self._rebuild_step = self._step
@@ -243,15 +261,7 @@ class DenseDecodeKV:
         else:
             copy = self._rebuild_layer(k_cache, v_cache, block_offsets, kv_seqlens, packed, dtype)
             self._layers[layer] = copy
-        grown = self._step - self._rebuild_step  # every history is one token longer per step
-        return DenseHistory(
-            keys=copy.keys,
-            values=copy.values,
-            order=self._order,
-            inverse=self._inverse,
-            buckets=tuple((start, end, length + grown) for start, end, length in self._runs),
-            kv_seqlens=kv_seqlens.index_select(0, self._order),
-        )
+        return DenseHistory(keys=copy.keys, values=copy.values, layout=self._layout)
 
     def _rebuild_layer(self, k_cache, v_cache, block_offsets, kv_seqlens, packed, dtype) -> _LayerCopy:
         batch, block_size = kv_seqlens.numel(), k_cache.size(1)

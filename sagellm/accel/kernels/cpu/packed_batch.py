@@ -174,7 +174,12 @@ def attention_bias(
 
     def build():
         mask = attention_mask(q_seqlens, kv_seqlens, packed.max_q_len, packed.max_kv_len, causal, window)
-        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return bias.masked_fill_(~mask, float("-inf"))
+        return additive_mask(mask, dtype)
 
     return _memo(packed, ("bias", dtype, causal, window), build)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as an additive ``dtype`` mask: 0 where True, -inf where False."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return bias.masked_fill_(~mask, float("-inf"))

@@ -40,6 +40,7 @@ from sagellm.accel.kernels.cpu.kv_quant import KVQuant, dequantize_kv, quantize_
 from sagellm.accel.kernels.cpu.packed_batch import (
     PackedBatch,
     _memo,
+    additive_mask,
     attention_bias,
     attention_mask,
     history_slots,
@@ -261,13 +262,13 @@ def _bucketed_decode(query, history: DenseHistory, scale, window, packed: Packed
     batch, heads, dim = query.shape
     kv_heads = history.keys.size(1)
     group = heads // kv_heads
-    in_order = history.in_batch_order
-    q = query if in_order else query.index_select(0, history.order)
+    layout = history.layout
+    q = query if layout.in_batch_order else query.index_select(0, layout.order)
     out = query.new_empty(batch, heads, history.values.size(-1))
-    for start, end, length in history.buckets:
+    for start, end, length in layout.buckets:
         rows = end - start
         bias = _memo(packed, ("decode_bias", start, end, length, query.dtype, window),
-                     lambda: _decode_bias(history.kv_seqlens[start:end], length, query.dtype, window))
+                     lambda: _decode_bias(layout.kv_seqlens[start:end], length, query.dtype, window))
         attended = F.scaled_dot_product_attention(
             q[start:end].view(rows, kv_heads, group, dim),
             history.keys[start:end, :, :length],
@@ -276,18 +277,13 @@ def _bucketed_decode(query, history: DenseHistory, scale, window, packed: Packed
             scale=scale,
         )
         out[start:end] = attended.reshape(rows, heads, -1)
-    return out if in_order else out.index_select(0, history.inverse)
+    return out if layout.in_batch_order else out.index_select(0, layout.inverse)
 
 
 def _decode_bias(kv_seqlens: torch.Tensor, length: int, dtype: torch.dtype, window: int | None) -> torch.Tensor:
-    """[rows, 1, 1, length] additive mask of one decode token per row: keys before ``kv_seqlens``
-    (and, with ``window``, within the window) are 0, the rest -inf."""
-    keys = torch.arange(length, device=kv_seqlens.device)[None, :]
-    visible = keys < kv_seqlens[:, None]
-    if window is not None:
-        visible = visible & (keys > kv_seqlens[:, None] - 1 - window)
-    bias = torch.zeros(visible.shape, dtype=dtype, device=kv_seqlens.device)
-    return bias.masked_fill_(~visible, float("-inf"))[:, None, None, :]
+    """[rows, 1, 1, length] additive mask of one decode token per row over ``length`` keys."""
+    ones = torch.ones_like(kv_seqlens)
+    return additive_mask(attention_mask(ones, kv_seqlens, 1, length, True, window), dtype)
 
 
 def _explicit_attention(q, k, v, mask, scale, logit_softcapping, sinks):

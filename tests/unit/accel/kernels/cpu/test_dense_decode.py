@@ -70,8 +70,8 @@ def _decode_run(steps, dense):
         valid = torch.arange(packed.max_kv_len)[None, :] < kv[:, None]
         keys, values = history.batch_order(packed.max_kv_len)
         assert torch.equal(keys.transpose(1, 2)[valid], gathered.transpose(1, 2)[valid])
-        assert history.order.tolist() == [1, 2, 0]  # longest history first
-        assert torch.equal(history.kv_seqlens, kv[history.order])
+        assert history.layout.order.tolist() == [1, 2, 0]  # longest history first
+        assert torch.equal(history.layout.kv_seqlens, kv[history.layout.order])
         assert bool(torch.isfinite(history.keys).all() and torch.isfinite(history.values).all())
         args = (query, k_cache, v_cache, table, ones, kv, packed)
         outs.append((paged_attention(*args, scale=0.3, history=history), paged_attention(*args, scale=0.3)))
@@ -109,8 +109,8 @@ def test_buckets_are_cut_at_rebuild_and_grow_with_every_step():
         fill_kv_cache(key, value, k_cache, v_cache, table, packed)
         history = dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
         assert plan is (DensePlan.REBUILD if step == 0 else DensePlan.APPEND)
-        assert history.order.tolist() == [1, 2, 0]
-        assert history.buckets == ((0, 1, 60 + step), (1, 3, 4 + step))
+        assert history.layout.order.tolist() == [1, 2, 0]
+        assert history.layout.buckets == ((0, 1, 60 + step), (1, 3, 4 + step))
         query = torch.randn(3, HEADS, DIM)
         args = (query, k_cache, v_cache, table, torch.ones(3, dtype=torch.long), kv, packed)
         torch.testing.assert_close(paged_attention(*args, scale=0.3, history=history),
