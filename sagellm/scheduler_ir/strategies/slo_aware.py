@@ -79,8 +79,21 @@ class SloAwareStrategy(SchedulingStrategy):
         return allowed - elapsed - loops * snapshot.cost.decode_loop_ms(len(snapshot.running))
 
     def stall_budget_ms(self, snapshot: EngineSnapshot) -> float:
-        """How long a prefill step may stall the running requests before one misses its TPOT target."""
-        return min((self.tpot_slack_ms(snapshot, s) for s in snapshot.running), default=math.inf)
+        """How long a prefill step may stall the running requests before one misses its TPOT target
+        (requests that miss it anyway, :meth:`tpot_lost`, are not protected)."""
+        return min((self.tpot_slack_ms(snapshot, s) for s in snapshot.running if not self.tpot_lost(snapshot, s)),
+                   default=math.inf)
+
+    @staticmethod
+    def tpot_lost(snapshot: EngineSnapshot, seq: SeqView) -> bool:
+        """Whether ``seq`` misses its TPOT target even if each of its remaining tokens came as fast as the
+        engine's fastest recent decode loops (its whole output counted, as the client measures TPOT)."""
+        if seq.slo_tpot_ms is None or seq.first_token_s is None or seq.max_new_tokens <= 1:
+            return False
+        elapsed = max(0.0, snapshot.now_s - seq.first_token_s) * 1000.0 + snapshot.inflight_ms
+        fastest = snapshot.cost.decode_floor_ms or snapshot.cost.decode_loop_ms(1)
+        remaining = max(0, seq.max_new_tokens - seq.generated_tokens)
+        return elapsed + remaining * fastest > seq.slo_tpot_ms * (seq.max_new_tokens - 1)
 
     def _unattainable(self, snapshot: EngineSnapshot, seq: SeqView) -> str | None:
         """Why ``seq`` cannot meet its SLO whatever this strategy does, or None.
@@ -232,15 +245,61 @@ class SloAwareStrategy(SchedulingStrategy):
                 late.append(seq)  # behind everything that can still make it, but served
                 continue
             admitted.append(seq)
-        order = [s.seq_id for s in admitted + late]
+        held = self._held_back(snapshot, admitted + late, budget, limits)
+        order = [s.seq_id for s in admitted + late if s.seq_id not in held]
+        deferred += [s.seq_id for s in admitted + late if s.seq_id in held]
         if not order and deferred:
             order, deferred = deferred, []  # nothing attainable waits: do not idle
+        note = "edf" + (f", {len(late)} late" if late else "") + (f", {len(held)} held" if held else "")
         return WaitingDecision(
             order=tuple(order), deferred=tuple(deferred), rejected=rejected,
             chunk_limits={k: v for k, v in limits.items() if k in order},
             step_token_budget=budget if options.chunk_tokens > 0 else ENGINE_BUDGET,
-            note="edf" if not late else f"edf, {len(late)} late",
+            note=note,
         )
+
+    def _held_back(self, snapshot: EngineSnapshot, order: list[SeqView], budget: int,
+                   limits: dict[int, int]) -> set[int]:
+        """Fresh prompts left out of this prefill step because they would make it miss targets it can meet.
+
+        Going down ``order`` and packing the step as the engine would, a prompt is held back when
+        adding it would push a prompt already in the step past its TTFT target, or stall a running
+        request past its TPOT target (:meth:`stall_budget_ms`), either of which the step without it
+        meets -- and when it can itself wait for the next prefill step, one decode round later, or
+        misses its own target even in this step (then for at most ``max_defer_s``: it is served late).
+        (Packed together, a document of 1,500 tokens made a 80-token interactive prompt take the
+        document's 190 ms to its first token, double its target, and stalled every running request.)
+        The first prompt of a step is never held back (``choose_prefill`` decides whether to prefill).
+        """
+        cost = snapshot.cost
+        now = snapshot.now_s
+        stall = self.stall_budget_ms(snapshot)
+        round_ms = snapshot.decode_loops * cost.decode_loop_ms(len(snapshot.running) + 1)
+
+        def meets(seq: SeqView, first_token_ms: float) -> bool:
+            target = seq.slo_ttft_ms if seq.slo_ttft_ms is not None else self.options.default_ttft_ms
+            return seq.waited_s(now) * 1000.0 + snapshot.inflight_ms + first_token_ms <= target
+
+        held: set[int] = set()
+        step: list[SeqView] = []
+        used = 0
+        for seq in order:
+            take = min(seq.pending_tokens, limits.get(seq.seq_id, seq.pending_tokens), max(0, budget - used))
+            if take <= 0:
+                break
+            if step and seq.generated_tokens == 0 and not _prefill_started(seq):
+                before, after = cost.prefill_ms(used), cost.prefill_ms(used + take)
+                hurts = (before <= stall < after) or any(
+                    s.generated_tokens == 0 and meets(s, before) and not meets(s, after) for s in step
+                )
+                can_wait = meets(seq, before + round_ms + cost.prefill_ms(take))
+                lost = not meets(seq, after) and seq.waited_s(now) < self.options.max_defer_s
+                if hurts and (can_wait or lost):
+                    held.add(seq.seq_id)
+                    continue
+            step.append(seq)
+            used += take
+        return held
 
     @staticmethod
     def _tokens_within(cost, ms: float) -> int:

@@ -93,6 +93,21 @@ def test_decode_floor_is_a_low_percentile_of_recent_loops():
     assert model.estimate().decode_floor_ms == 0.0  # fewer than 8 loops seen
     model.observe_decode(4, 150.0)
     assert model.estimate().decode_floor_ms == 1.0  # 10th percentile of 1..7, 150 -> index 0
-    for _ in range(64):
+    for _ in range(256):
         model.observe_decode(2, 6.0)
-    assert model.estimate().decode_floor_ms == 6.0  # the window keeps the last 64
+    assert model.estimate().decode_floor_ms == 6.0  # the window keeps the last 256
+
+
+def test_decode_floor_is_taken_at_the_smallest_batch_seen():
+    model = StepCostModel(PRIOR)
+    for _ in range(200):
+        model.observe_decode(5, 11.0)  # a busy engine: 5-request loops
+    for ms in (5.0, 6.0, 7.0, 5.5, 6.5, 7.5, 8.0, 9.0, 10.0, 12.0):
+        model.observe_decode(1, ms)
+    # the single-request loops bound any request's TPOT, not the 5-request ones
+    assert model.estimate().decode_floor_ms == 5.0
+    model = StepCostModel(PRIOR)
+    for batch, ms in ((1, 5.0), (2, 7.0), (2, 7.5)) + ((3, 9.0),) * 6 + ((6, 20.0),) * 20:
+        model.observe_decode(batch, ms)
+    # too few at batch 1: batches 1-3 together make the sample (9 loops, 10th percentile -> the first)
+    assert model.estimate().decode_floor_ms == 5.0

@@ -125,10 +125,11 @@ def test_slo_aware_serves_a_request_late_when_only_the_queue_makes_it_miss():
         ],
     )
     decision = strat.plan_waiting(snap)
-    # 2 alone would make it (100 <= 360): not rejected, but it goes behind 3, which still can
-    assert decision.order == (1, 3, 2)
+    # 2 alone would make it (100 <= 360): not rejected, but it goes behind 3, which still can; in
+    # the same step it would make 1 miss (450 > 350) and miss itself: held back to the next step
+    assert (decision.order, decision.deferred) == ((1, 3), (2,))
     assert decision.rejected == {}
-    assert decision.note == "edf, 1 late"
+    assert decision.note == "edf, 1 late, 1 held"
 
 
 def test_slo_aware_first_token_simulates_split_steps_and_decode_rounds():
@@ -238,6 +239,50 @@ def test_slo_aware_prefill_or_decode():
     # the engine would decode, but a waiting request's TTFT slack is below one decode step
     assert strat.choose_prefill(urgent, False) is True
     assert strat.choose_prefill(relaxed, False) is False
+
+
+def test_slo_aware_holds_back_a_document_that_would_make_the_step_miss_targets_it_can_meet():
+    strat = build_strategy("slo_aware")
+    # FLAT_COST: prefill 1 ms/token; a decode round is 16 x 10 ms = 160 ms
+    interactive = waiting(1, arrival_s=100.0, pending=80, slo_ttft_ms=100)
+    document = waiting(2, arrival_s=99.99, pending=1500, slo_ttft_ms=2000)
+    decision = strat.plan_waiting(snapshot(now_s=100.0, waiting_seqs=[document, interactive]))
+    # packed with the document the interactive prompt's first token comes after 1580 ms, not 80;
+    # the document can wait: 10 + 80 + 160 + 1500 = 1750 <= 2000
+    assert (decision.order, decision.deferred, decision.note) == ((1,), (2,), "edf, 1 late, 1 held")
+    # a document that cannot wait one more step goes in the same step
+    tight = dataclasses.replace(document, slo_ttft_ms=1700)
+    assert strat.plan_waiting(snapshot(now_s=100.0, waiting_seqs=[tight, interactive])).order == (1, 2)
+    # a document that misses its target even in this step is held back too: it only costs the others
+    lost = dataclasses.replace(document, slo_ttft_ms=1560)  # alone in time (1510), with the other not (1590)
+    assert strat.plan_waiting(snapshot(now_s=100.0, waiting_seqs=[lost, interactive])).deferred == (2,)
+    # ... for at most max_defer_s (30 s), then it is served late, in the same step
+    old_lost = dataclasses.replace(lost, arrival_s=69.0, slo_ttft_ms=32_540)  # waited 31 s; 31000 + 1580 > 32540
+    assert strat.plan_waiting(snapshot(now_s=100.0, waiting_seqs=[old_lost, interactive])).order == (1, 2)
+    # a prompt without a TTFT target (10 s by default) is not hurt by the wait: one step for both
+    relaxed = dataclasses.replace(interactive, slo_ttft_ms=None)
+    assert strat.plan_waiting(snapshot(now_s=100.0, waiting_seqs=[document, relaxed])).order == (2, 1)
+    # alone, the document is never held back (choose_prefill decides whether to prefill at all)
+    assert strat.plan_waiting(snapshot(now_s=100.0, waiting_seqs=[document])).order == (2,)
+
+
+def test_slo_aware_holds_back_a_prompt_that_would_stall_a_running_request_past_its_tpot():
+    strat = build_strategy("slo_aware")
+    # running 9's slack is 640 ms (tpot_snapshot); two 400-token prompts without TTFT targets
+    first, second = waiting(1, arrival_s=100.0, pending=400), waiting(2, arrival_s=100.0, pending=400)
+    decision = strat.plan_waiting(tpot_snapshot([first, second]))
+    assert (decision.order, decision.deferred) == ((1,), (2,))  # 800 ms of prefill > 640 ms of slack
+
+
+def test_slo_aware_does_not_protect_a_running_request_that_misses_its_tpot_anyway():
+    strat = build_strategy("slo_aware")
+    # 32 tokens at 10 ms/token target; 21 generated, first token 500 ms ago: 500 + 11 x 10 > 310
+    lost = running(9, first_token_s=99.5, generated=21, slo_tpot_ms=10.0, max_new_tokens=32)
+    ok = running(8, first_token_s=99.9, generated=5, slo_tpot_ms=30.0, max_new_tokens=32)
+    snap = snapshot(now_s=100.0, running_seqs=[lost, ok])
+    assert strat.tpot_lost(snap, lost) is True and strat.tpot_lost(snap, ok) is False
+    # only 8 counts: 30 * (4 + 16) - 100 - 160
+    assert strat.stall_budget_ms(snap) == pytest.approx(340.0)
 
 
 # ---------------------------------------------------------------- fair
