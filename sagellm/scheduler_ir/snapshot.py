@@ -123,6 +123,8 @@ class CostEstimate(SerializableMixin):
     ``decode_loop_ms(b) = decode_fixed_ms + decode_ms_per_seq * b`` per decoded token of a batch of b.
     ``decode_floor_ms``: the fastest decode loops seen recently (a low percentile, 0 = none seen yet);
     a TPOT target below it cannot be met at any batch size.
+    ``prefill_floor_ms_per_token``: the lowest time per token of the recent prefill steps (0 = none
+    seen yet); no prompt of n tokens gets its first token sooner than n times it.
     """
 
     prefill_fixed_ms: float = 5.0
@@ -130,11 +132,12 @@ class CostEstimate(SerializableMixin):
     decode_fixed_ms: float = 5.0
     decode_ms_per_seq: float = 0.2
     decode_floor_ms: float = 0.0
+    prefill_floor_ms_per_token: float = 0.0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         for name in ("prefill_fixed_ms", "prefill_ms_per_token", "decode_fixed_ms", "decode_ms_per_seq",
-                     "decode_floor_ms"):
+                     "decode_floor_ms", "prefill_floor_ms_per_token"):
             check_float(owner, name, getattr(self, name), minimum=0.0)
             object.__setattr__(self, name, float(getattr(self, name)))
 

@@ -14,7 +14,7 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
   blocks of sequences behind it, so a split prompt always progresses and two split prompts
   never take turns evicting each other.
 - **Admission control** has two levels. A request that *cannot* meet its SLO -- its wait plus
-  the step in flight plus its own prefill already past its TTFT target, or its TPOT target
+  its own prefill at the fastest recent rate already past its TTFT target, or its TPOT target
   below the fastest recent decode loops -- is rejected (the client gets an error naming the reason)
   or, with ``on_unattainable=defer``, held back while anything else waits (and rejected after
   ``max_defer_s``). A request that would miss only because of the queue ahead of it (its first
@@ -32,6 +32,12 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
 - **Chunking** (``chunk_tokens`` > 0): prompts longer than ``chunk_tokens`` are prefilled
   ``chunk_tokens`` at a time, and the prefill step is sized so it does not stall the running requests past their TPOT
   targets (the smallest ``tpot_slack``).
+- **Packing a step**: LMDeploy prefills every admitted prompt in one step, and every first token
+  of the step comes at its end. A fresh prompt that would push a prompt already in the step past
+  its TTFT target, or stall a running request past its TPOT target, is held back to a later step
+  when it can afford one more decode round, or misses its own target anyway (then for at most
+  ``max_defer_s``). Running requests that miss their TPOT even at the fastest recent decode speed
+  are not protected (:meth:`SloAwareStrategy.tpot_lost`).
 - **Prefill or decode**: decode first when a prefill now would break a running request's TPOT
   target and the most urgent waiting request can afford one decode step; prefill when the
   engine would decode but a waiting request's TTFT cannot wait one more decode step.
@@ -99,9 +105,11 @@ class SloAwareStrategy(SchedulingStrategy):
         """Why ``seq`` cannot meet its SLO whatever this strategy does, or None.
 
         Only certain misses: its TPOT target below the fastest decode loops the engine ran
-        recently (``CostEstimate.decode_floor_ms``), or its wait so far plus the step in flight plus its own prefill already
-        past its TTFT target. A request that would miss only because of the queue ahead of it
-        is not rejected here (see :meth:`plan_waiting`).
+        recently (``CostEstimate.decode_floor_ms``), or its wait so far plus its own prefill at the
+        fastest recent rate per token (``CostEstimate.prefill_floor_ms_per_token``) already past its
+        TTFT target. Neither the step in flight nor the fitted prefill line counts here: both are
+        estimates, and a wrong one turns away requests that would be served in time. A request that
+        would miss only because of the queue ahead of it is not rejected here (see :meth:`plan_waiting`).
         """
         cost = snapshot.cost
         if seq.slo_tpot_ms is not None and seq.slo_tpot_ms < cost.decode_floor_ms:
@@ -111,7 +119,7 @@ class SloAwareStrategy(SchedulingStrategy):
             )
         if seq.slo_ttft_ms is not None:
             waited = seq.waited_s(snapshot.now_s) * 1000.0
-            soonest = waited + snapshot.inflight_ms + cost.prefill_ms(seq.pending_tokens)
+            soonest = waited + cost.prefill_floor_ms_per_token * seq.pending_tokens
             if soonest > seq.slo_ttft_ms:
                 return (
                     f"slo_ttft_ms={seq.slo_ttft_ms:g} cannot be met: waited {waited:.0f} ms, first token "

@@ -111,3 +111,15 @@ def test_decode_floor_is_taken_at_the_smallest_batch_seen():
         model.observe_decode(batch, ms)
     # too few at batch 1: batches 1-3 together make the sample (9 loops, 10th percentile -> the first)
     assert model.estimate().decode_floor_ms == 5.0
+
+
+def test_prefill_floor_is_the_lowest_recent_time_per_token():
+    model = StepCostModel(PRIOR)
+    assert model.estimate().prefill_floor_ms_per_token == 0.0
+    model.observe_prefill(80, 400.0)   # a cold first step: 5 ms/token
+    model.observe_prefill(1500, 190.0)
+    model.observe_prefill(1600, 210.0)
+    assert model.estimate().prefill_floor_ms_per_token == pytest.approx(190.0 / 1500)
+    for _ in range(64):
+        model.observe_prefill(100, 20.0)  # the window keeps the last 64 steps
+    assert model.estimate().prefill_floor_ms_per_token == pytest.approx(0.2)

@@ -98,7 +98,21 @@ def test_slo_aware_orders_by_ttft_slack_and_rejects_the_hopeless():
     assert decision.order == (2, 1, 3)
     assert decision.deferred == ()
     assert decision.rejected == {
-        4: "slo_ttft_ms=400 cannot be met: waited 500 ms, first token at the soonest after 530 ms (30 prompt tokens)"
+        4: "slo_ttft_ms=400 cannot be met: waited 500 ms, first token at the soonest after 500 ms (30 prompt tokens)"
+    }
+
+
+def test_slo_aware_rejects_on_ttft_only_with_the_fastest_recent_prefill_rate():
+    strat = build_strategy("slo_aware")
+    # a line fitted on documents only: 170 ms for any short prompt; the fastest step ran 0.125 ms/token
+    skewed = dataclasses.replace(FLAT_COST, prefill_fixed_ms=170.0, prefill_ms_per_token=0.01,
+                                 prefill_floor_ms_per_token=0.125)
+    fresh = waiting(1, arrival_s=99.997, pending=80, slo_ttft_ms=102.4)   # 3 + 10 ms: not certain to miss
+    stale = waiting(2, arrival_s=99.9, pending=80, slo_ttft_ms=102.4)     # 100 + 10 ms > 102.4
+    decision = strat.plan_waiting(snapshot(now_s=100.0, waiting_seqs=[fresh, stale], cost=skewed, inflight_ms=150.0))
+    assert decision.order == (1,)
+    assert decision.rejected == {
+        2: "slo_ttft_ms=102.4 cannot be met: waited 100 ms, first token at the soonest after 110 ms (80 prompt tokens)"
     }
 
 
