@@ -71,10 +71,15 @@ class SloAwareStrategy(SchedulingStrategy):
     def ttft_slack_ms(self, snapshot: EngineSnapshot, seq: SeqView) -> float:
         """Time to spare before the TTFT target; without a target, ``default_ttft_ms`` minus the wait
         (no prefill term, so requests without targets keep their arrival order among themselves)."""
-        waited_ms = seq.waited_s(snapshot.now_s) * 1000.0
         if seq.slo_ttft_ms is None:
-            return self.options.default_ttft_ms - waited_ms
-        return seq.slo_ttft_ms - waited_ms - snapshot.inflight_ms - snapshot.cost.prefill_ms(seq.pending_tokens)
+            return self.options.default_ttft_ms - seq.waited_s(snapshot.now_s) * 1000.0
+        return self.ttft_margin_ms(snapshot, seq, snapshot.cost.prefill_ms(seq.pending_tokens))
+
+    def ttft_margin_ms(self, snapshot: EngineSnapshot, seq: SeqView, first_token_ms: float) -> float:
+        """Time to spare before ``seq``'s TTFT target (``default_ttft_ms`` without one) if its first token
+        comes ``first_token_ms`` after the step in flight ends."""
+        target = seq.slo_ttft_ms if seq.slo_ttft_ms is not None else self.options.default_ttft_ms
+        return target - seq.waited_s(snapshot.now_s) * 1000.0 - snapshot.inflight_ms - first_token_ms
 
     def tpot_slack_ms(self, snapshot: EngineSnapshot, seq: SeqView) -> float:
         if seq.slo_tpot_ms is None or seq.first_token_s is None:
@@ -253,9 +258,10 @@ class SloAwareStrategy(SchedulingStrategy):
                 late.append(seq)  # behind everything that can still make it, but served
                 continue
             admitted.append(seq)
-        held = self._held_back(snapshot, admitted + late, budget, limits)
-        order = [s.seq_id for s in admitted + late if s.seq_id not in held]
-        deferred += [s.seq_id for s in admitted + late if s.seq_id in held]
+        queue = admitted + late
+        held = self._held_back(snapshot, queue, budget, limits)
+        order = [s.seq_id for s in queue if s.seq_id not in held]
+        deferred += [s.seq_id for s in queue if s.seq_id in held]
         if not order and deferred:
             order, deferred = deferred, []  # nothing attainable waits: do not idle
         note = "edf" + (f", {len(late)} late" if late else "") + (f", {len(held)} held" if held else "")
@@ -285,8 +291,7 @@ class SloAwareStrategy(SchedulingStrategy):
         round_ms = snapshot.decode_loops * cost.decode_loop_ms(len(snapshot.running) + 1)
 
         def meets(seq: SeqView, first_token_ms: float) -> bool:
-            target = seq.slo_ttft_ms if seq.slo_ttft_ms is not None else self.options.default_ttft_ms
-            return seq.waited_s(now) * 1000.0 + snapshot.inflight_ms + first_token_ms <= target
+            return self.ttft_margin_ms(snapshot, seq, first_token_ms) >= 0.0
 
         held: set[int] = set()
         step: list[SeqView] = []
