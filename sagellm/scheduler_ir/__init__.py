@@ -8,6 +8,7 @@ from sagellm.scheduler_ir.config import SchedulerConfig, StrategyOptions, to_env
 from sagellm.scheduler_ir.cost import StepCostModel
 from sagellm.scheduler_ir.decisions import ENGINE_BUDGET, WaitingDecision
 from sagellm.scheduler_ir.executor import PrefillStep, StepExecutor, StrategyError
+from sagellm.scheduler_ir.rounds import RoundCut, RoundProgress, round_cut
 from sagellm.scheduler_ir.passes import SplitResult, merge_kv_moves, split_long_prefills
 from sagellm.scheduler_ir.snapshot import CostEstimate, EngineSnapshot, KVMoveKind, KVMoveView, SeqState, SeqView
 from sagellm.scheduler_ir.strategies import STRATEGIES, SchedulingStrategy, build_strategy
@@ -22,6 +23,8 @@ __all__ = [
     "KVMoveView",
     "PlanTracer",
     "PrefillStep",
+    "RoundCut",
+    "RoundProgress",
     "SchedulerConfig",
     "SchedulingStrategy",
     "SeqState",
@@ -38,6 +41,7 @@ __all__ = [
     "merge_kv_moves",
     "node_seq_id",
     "read_records",
+    "round_cut",
     "split_long_prefills",
     "to_environment",
     "trace_record",

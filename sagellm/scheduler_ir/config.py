@@ -82,6 +82,12 @@ class SchedulerConfig:
         metadata={"help": "decode steps per scheduling round (LMDeploy's prefill_interval; new requests are admitted "
                           "only between rounds); 0: LMDeploy's 16"},
     )
+    sched_round_cut: bool = field(
+        default=True,
+        metadata={"help": "end a decode round early once every sequence in it finished, or when waiting requests "
+                          "fit in the batch and the loops they would sit out outweigh a prefill (slo_aware: any "
+                          "that fits); false: LMDeploy's fixed rounds, always run to their last loop"},
+    )
 
     def __post_init__(self) -> None:
         from sagellm.scheduler_ir.strategies import STRATEGIES
@@ -121,6 +127,7 @@ def to_environment(config: SchedulerConfig) -> dict[str, str]:
         env_name("sched_on_unattainable"): config.sched_on_unattainable,
         env_name("sched_tenant_weights"): ",".join(f"{k}={v!r}" for k, v in sorted(config.sched_tenant_weights.items())),
         env_name("sched_decode_loops"): str(config.sched_decode_loops),
+        env_name("sched_round_cut"): "true" if config.sched_round_cut else "false",
     }
     if config.sched_trace:
         env[env_name("sched_trace")] = config.sched_trace

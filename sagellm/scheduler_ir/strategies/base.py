@@ -1,15 +1,18 @@
 """The strategy interface: pure decisions over an ``EngineSnapshot``.
 
-A strategy never touches the engine. It answers four questions the seam asks each step:
+A strategy never touches the engine. It answers five questions the seam asks each step:
 
 - ``plan_waiting``: which waiting requests to try for prefill, in which order, which to hold
   back or reject, and how much of a long prompt to prefill this step;
 - ``order_running``: the order in which running requests get KV blocks for their next tokens;
 - ``preempt``: which running request gives up its blocks when there are not enough;
-- ``choose_prefill``: whether the next step prefills or decodes (given the engine's own choice).
+- ``choose_prefill``: whether the next step prefills or decodes (given the engine's own choice);
+- ``cut_round``: whether a decode round ends before its last loop.
 
 The defaults reproduce LMDeploy 0.11: engine order everywhere, the newest candidate is preempted,
-the engine's prefill/decode choice stands.
+the engine's prefill/decode choice stands. One exception: a decode round ends early when every
+sequence in it finished or a waiting request could join (``rounds.round_cut``; the seam skips it
+with ``sched_round_cut`` off).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import ClassVar
 
 from sagellm.scheduler_ir.config import StrategyOptions
 from sagellm.scheduler_ir.decisions import WaitingDecision
+from sagellm.scheduler_ir.rounds import RoundCut, RoundProgress, round_cut
 from sagellm.scheduler_ir.snapshot import EngineSnapshot
 
 
@@ -54,6 +58,10 @@ class SchedulingStrategy(ABC):
     def choose_prefill(self, snapshot: EngineSnapshot, engine_choice: bool) -> bool:
         """Whether the next step prefills (default: the engine's choice)."""
         return engine_choice
+
+    def cut_round(self, progress: RoundProgress) -> RoundCut | None:
+        """Why the decode round should end after the loops done so far, or None (see ``rounds``)."""
+        return round_cut(progress)
 
     def describe(self) -> str:
         return self.name

@@ -41,6 +41,10 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
 - **Prefill or decode**: decode first when a prefill now would break a running request's TPOT
   target and the most urgent waiting request can afford one decode step; prefill when the
   engine would decode but a waiting request's TTFT cannot wait one more decode step.
+- **Ending decode rounds**: a round ends as soon as a waiting request could join it (the default
+  policy waits until the loops it saves outweigh the batch, ``rounds.round_cut``): a waiting
+  request's TTFT clock runs while the round goes on, and whether it is then prefilled is still
+  decided by ``choose_prefill``.
 - **Decode rounds and chunks**: both stay LMDeploy's by default (rounds of 16 decode steps, prompts
   prefilled whole; ``--sched-decode-loops`` and ``--sched-chunk-tokens`` change them). On the
   2-core CPU with the tiny model a step has ~10 ms of fixed cost, so 4-step rounds and 256-token
@@ -55,6 +59,7 @@ from __future__ import annotations
 import math
 
 from sagellm.scheduler_ir.decisions import ENGINE_BUDGET, WaitingDecision
+from sagellm.scheduler_ir.rounds import RoundCut, RoundProgress, round_cut
 from sagellm.scheduler_ir.snapshot import EngineSnapshot, SeqView
 from sagellm.scheduler_ir.strategies.base import SchedulingStrategy
 
@@ -327,6 +332,12 @@ class SloAwareStrategy(SchedulingStrategy):
     def preempt(self, snapshot: EngineSnapshot, candidates: tuple[int, ...]) -> int:
         ranked = max(enumerate(candidates), key=lambda item: (self.tpot_slack_ms(snapshot, snapshot.seq(item[1])), item[0]))
         return ranked[1]
+
+    def cut_round(self, progress: RoundProgress) -> RoundCut | None:
+        cut = round_cut(progress)
+        if cut is None and progress.loops_left > 0 and min(progress.waiting, progress.room) > 0:
+            return RoundCut.ADMIT_WAITING
+        return cut
 
     def choose_prefill(self, snapshot: EngineSnapshot, engine_choice: bool) -> bool:
         fresh = [s for s in snapshot.waiting if s.generated_tokens == 0]

@@ -16,7 +16,7 @@ from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sc
 
 from sagellm.core.request import RequestMetadata
 from sagellm.engines.lmdeploy.scheduling import SagellmSchedulerHooks
-from sagellm.scheduler_ir import SchedulerConfig, read_records
+from sagellm.scheduler_ir import RoundCut, SchedulerConfig, read_records
 from tests.integration.engines.oracle import transformers_greedy
 from tests.integration.engines.test_cpu_oracle import build_pipeline, make_prompts
 
@@ -71,13 +71,14 @@ def hooks_slot():
     set_sched_hooks(previous)
 
 
-def run_engine(model_dir, max_new=MAX_NEW, **engine_overrides) -> list[list[int]]:
+def run_engine(model_dir, max_new: int | list[int] = MAX_NEW, **engine_overrides) -> list[list[int]]:
     from lmdeploy import GenerationConfig
 
     pipe = build_pipeline(model_dir, max_prefill_token_num=128, max_batch_size=6, **engine_overrides)
+    limits = max_new if isinstance(max_new, list) else [max_new] * len(PROMPTS)
     try:
         configs = [
-            GenerationConfig(max_new_tokens=max_new, do_sample=False, top_k=1, ignore_eos=True,
+            GenerationConfig(max_new_tokens=limits[i], do_sample=False, top_k=1, ignore_eos=True,
                              request_metadata=metadata(i))
             for i in range(len(PROMPTS))
         ]
@@ -129,3 +130,24 @@ def test_preemption_under_a_small_kv_cache_is_token_identical(name, model_and_re
     hooks.preempt = spy
     assert run_engine(model_dir, PREEMPT_MAX_NEW, num_gpu_blocks=20) == reference
     assert preempted, "the KV cache must be small enough to force preemption"
+
+
+@pytest.mark.parametrize("name", ["fifo", "slo_aware"])
+def test_decode_rounds_ended_early_are_token_identical(name, model_and_reference, long_reference, hooks_slot):
+    """Requests stop at different loops of their rounds and more wait than the batch holds, so rounds
+    end early both to let waiting requests in and once all their sequences stopped."""
+    model_dir, reference = model_and_reference[0], long_reference
+    limits = [PREEMPT_MAX_NEW - 5 * (i % 7) for i in range(len(PROMPTS))]
+    hooks = SagellmSchedulerHooks(SchedulerConfig(**STRATEGIES[name]))
+    set_sched_hooks(hooks)
+    assert run_engine(model_dir, limits) == [ref[:n] for ref, n in zip(reference, limits)]
+    assert hooks.round_cuts[RoundCut.ADMIT_WAITING] > 0 and hooks.round_cuts[RoundCut.ALL_FINISHED] > 0
+
+
+def test_without_round_cuts_every_round_runs_to_its_end(model_and_reference, long_reference, hooks_slot):
+    model_dir, reference = model_and_reference[0], long_reference
+    limits = [PREEMPT_MAX_NEW - 5 * (i % 7) for i in range(len(PROMPTS))]
+    hooks = SagellmSchedulerHooks(SchedulerConfig(scheduler="fifo", sched_round_cut=False))
+    set_sched_hooks(hooks)
+    assert run_engine(model_dir, limits) == [ref[:n] for ref, n in zip(reference, limits)]
+    assert sum(hooks.round_cuts.values()) == 0

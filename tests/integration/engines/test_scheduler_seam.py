@@ -25,7 +25,7 @@ from sagellm.core.request import RequestMetadata
 from sagellm.engines.lmdeploy.scheduling import SYNCHRONOUS_YIELDS, SagellmSchedulerHooks
 from sagellm.engines.lmdeploy.scheduling_api import REJECT_MARKER
 from sagellm.scheduler_ir import SchedulerConfig as SagellmSchedulerConfig
-from sagellm.scheduler_ir import read_records
+from sagellm.scheduler_ir import RoundCut, read_records
 
 BLOCK = 4
 
@@ -305,3 +305,76 @@ def test_nothing_is_scheduled_during_a_prefill_only_on_synchronous_devices(devic
 @pytest.mark.parametrize("engine_choice", [True, False])
 def test_the_default_prefetch_follows_the_engine(engine_choice):
     assert SchedulerHooks().prefetch_next(None, _in_flight(False), engine_choice) is engine_choice
+
+
+def _decoding_round(scheduler):
+    """Two prefilled sequences locked in a decode round, as the engine holds them."""
+    seqs = [add(scheduler, i, list(range(10 * i, 10 * i + 8))) for i in range(2)]
+    out = scheduler.schedule(is_prefill=True)
+    step_outputs(scheduler, out.running, is_decoding=False)
+    running = scheduler.schedule(is_prefill=False).running
+    scheduler.lock_running(running)
+    return seqs, running
+
+
+def test_a_round_whose_sequences_all_stopped_ends_after_the_forward_already_run():
+    hooks = install("fifo")
+    scheduler = make_scheduler()
+    engine = SimpleNamespace(scheduler=scheduler)
+    seqs, running = _decoding_round(scheduler)
+    # the model agent runs forward k+1 before the engine sees the outputs of loop k
+    assert hooks.end_round(None, 0) is False and hooks.end_round(None, 1) is False
+    assert hooks.cut_round(engine, running, 0, 16) is False  # both still generating
+    for seq in seqs:
+        scheduler._set_message_status(seq, MessageStatus.STOPPED)
+    assert hooks.end_round(None, 2) is False
+    assert hooks.cut_round(engine, running, 1, 16) is False  # decided: forward 2 already ran, its outputs come
+    assert hooks.end_round(None, 3) is True  # the agent stops before forward 3
+    assert hooks.cut_round(engine, running, 2, 16) is True  # and the engine after the outputs of forward 2
+    assert hooks.round_cuts == {RoundCut.ALL_FINISHED: 1, RoundCut.ADMIT_WAITING: 0}
+    assert hooks.end_round(None, 0) is False and hooks.end_round(None, 1) is False  # the next round starts clean
+
+
+def test_a_round_ends_for_a_waiting_request_once_until_a_prefill_runs():
+    hooks = install("slo_aware")
+    scheduler = make_scheduler()
+    engine = SimpleNamespace(scheduler=scheduler)
+    _, running = _decoding_round(scheduler)
+    add(scheduler, 9, list(range(90, 98)))
+    assert hooks.end_round(None, 0) is False and hooks.end_round(None, 1) is False
+    assert hooks.cut_round(engine, running, 0, 16) is False
+    assert hooks.end_round(None, 2) is True
+    assert hooks.cut_round(engine, running, 1, 16) is True
+    assert hooks.round_cuts[RoundCut.ADMIT_WAITING] == 1
+    # the next step decoded again (nothing was admitted): the same waiting request cuts no more rounds
+    hooks.end_round(None, 0), hooks.end_round(None, 1)
+    assert hooks.cut_round(engine, running, 0, 16) is False
+    add(scheduler, 10, list(range(100, 108)))  # a new arrival may
+    assert hooks.cut_round(engine, running, 0, 16) is False and hooks.end_round(None, 2) is True
+    assert hooks.round_cuts[RoundCut.ADMIT_WAITING] == 2
+
+
+@pytest.mark.parametrize("make_hooks", [
+    lambda: SchedulerHooks(),  # stock: every round runs to its end
+    lambda: SagellmSchedulerHooks(SagellmSchedulerConfig(sched_round_cut=False)),
+])
+def test_rounds_are_not_cut_by_default_hooks_or_when_turned_off(make_hooks):
+    hooks = make_hooks()
+    scheduler = make_scheduler()
+    seqs, running = _decoding_round(scheduler)
+    for seq in seqs:
+        scheduler._set_message_status(seq, MessageStatus.STOPPED)
+    engine = SimpleNamespace(scheduler=scheduler)
+    for loop in range(15):
+        assert hooks.end_round(None, loop + 1) is False
+        assert hooks.cut_round(engine, running, loop, 16) is False
+
+
+def test_no_cut_without_a_model_agent_reporting_its_loops():
+    """A multi-process executor runs the agent elsewhere: the engine never cuts alone."""
+    hooks = install("fifo")
+    scheduler = make_scheduler()
+    seqs, running = _decoding_round(scheduler)
+    for seq in seqs:
+        scheduler._set_message_status(seq, MessageStatus.STOPPED)
+    assert hooks.cut_round(SimpleNamespace(scheduler=scheduler), running, 3, 16) is False
