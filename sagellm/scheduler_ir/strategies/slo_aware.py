@@ -334,10 +334,7 @@ class SloAwareStrategy(SchedulingStrategy):
         return ranked[1]
 
     def cut_round(self, progress: RoundProgress) -> RoundCut | None:
-        cut = round_cut(progress)
-        if cut is None and progress.loops_left > 0 and min(progress.waiting, progress.room) > 0:
-            return RoundCut.ADMIT_WAITING
-        return cut
+        return round_cut(progress, saved_loops_per_live=0.0)  # any request that fits: its TTFT clock runs
 
     def choose_prefill(self, snapshot: EngineSnapshot, engine_choice: bool) -> bool:
         fresh = [s for s in snapshot.waiting if s.generated_tokens == 0]
