@@ -379,11 +379,22 @@ def run_arm(arm: Arm, work: Path, classes, tokenizer, rates, count: int, seed: i
             window = requests[-1].arrival_s
             summary = summarize(records, classes, window)
             summary.update(rate=rate, window_s=round(window, 2), wall_s=round(time.monotonic() - started, 1))
+            _write_records(work / arm.name / f"requests-{rate:g}.jsonl", records)
             results[str(rate)] = summary
             print(f"  {arm.name:10s} {rate:5.2f} req/s  attainment {summary['attainment']:.3f}  "
                   f"goodput {summary['goodput_rps']:.3f}/s  rejected {summary['rejected']}  failed {summary['failed']}",
                   flush=True)
     return results
+
+
+def _write_records(path: Path, records: list[RequestRecord]) -> None:
+    """Every request's timings (start, TTFT, end, gaps between chunks) for attributing misses."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r)) + "\n")
 
 
 def compare(arms: dict[str, dict], rates: list[float]) -> dict:

@@ -27,6 +27,7 @@ class StrategyOptions:
         max_defer_s: slo_aware with ``defer``: a request deferred this long is rejected.
         default_ttft_ms: slo_aware: deadline used to order requests that carry no TTFT SLO.
         tenant_weights: fair: tenant -> weight (default 1; '' is the anonymous tenant).
+        decode_pacing: slo_aware: requests with time to spare may sit out decode rounds (``hold_from_round``).
     """
 
     aging_s: float = 5.0
@@ -35,6 +36,7 @@ class StrategyOptions:
     max_defer_s: float = 30.0
     default_ttft_ms: float = 10_000.0
     tenant_weights: dict[str, float] = field(default_factory=dict)
+    decode_pacing: bool = True
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -43,6 +45,8 @@ class StrategyOptions:
         check_choice(owner, "on_unattainable", self.on_unattainable, UNATTAINABLE_ACTIONS)
         check_float(owner, "max_defer_s", self.max_defer_s, positive=True)
         check_float(owner, "default_ttft_ms", self.default_ttft_ms, positive=True)
+        if not isinstance(self.decode_pacing, bool):
+            raise invalid(owner, "decode_pacing", self.decode_pacing, "a boolean")
         if not isinstance(self.tenant_weights, dict):
             raise invalid(owner, "tenant_weights", self.tenant_weights, "a mapping tenant -> weight > 0")
         for tenant, weight in self.tenant_weights.items():
@@ -89,6 +93,13 @@ class SchedulerConfig:
                           "that fits); false: LMDeploy's fixed rounds, always run to their last loop"},
     )
 
+    sched_decode_pacing: bool = field(
+        default=True,
+        metadata={"help": "slo_aware: a running request whose TPOT target has time to spare sits out a decode "
+                          "round that requests with tighter targets would miss theirs in (its long history "
+                          "slows every loop); false: every running request decodes every round"},
+    )
+
     def __post_init__(self) -> None:
         from sagellm.scheduler_ir.strategies import STRATEGIES
 
@@ -113,6 +124,7 @@ class SchedulerConfig:
             chunk_tokens=self.sched_chunk_tokens,
             on_unattainable=self.sched_on_unattainable,
             tenant_weights=dict(self.sched_tenant_weights),
+            decode_pacing=self.sched_decode_pacing,
         )
 
 
@@ -128,6 +140,7 @@ def to_environment(config: SchedulerConfig) -> dict[str, str]:
         env_name("sched_tenant_weights"): ",".join(f"{k}={v!r}" for k, v in sorted(config.sched_tenant_weights.items())),
         env_name("sched_decode_loops"): str(config.sched_decode_loops),
         env_name("sched_round_cut"): "true" if config.sched_round_cut else "false",
+        env_name("sched_decode_pacing"): "true" if config.sched_decode_pacing else "false",
     }
     if config.sched_trace:
         env[env_name("sched_trace")] = config.sched_trace

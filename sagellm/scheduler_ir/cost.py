@@ -9,6 +9,14 @@ so the model follows load and thermal changes)::
 Until a line has seen two different sizes it keeps the prior's slope and fits only the
 intercept. Slopes and intercepts are clamped at 0.
 
+Decode loops reported with their batch's KV history are also fitted on a plane,
+``ms = c + e * B + f * kv_tokens``: on the CPU a 1,500-token history costs a decode loop about as
+much as two more 100-token sequences (attention reads all of it), which a line in B cannot tell
+from batch size. While the two are not told apart (no history reported, history proportional to
+the batch, or a negative slope) the estimate is the line alone. The plane forgets more slowly
+(``plane_decay``): within one decode round the batch and its history barely change, so at the
+line's decay it saw too little variety to separate the two (in a goodput run it failed half the time).
+
 Once a line has some weight, an observation above ``outlier_factor`` times the line's own
 prediction counts as that bound: on the CPU device a decode loop timed between two outputs
 sometimes spans a prefill step or a burst of HTTP work, and a single 150 ms sample among 6 ms
@@ -77,6 +85,51 @@ class _Line:
         return a, b
 
 
+#: A plane fit needs its two inputs this far from proportional (1 - squared correlation).
+PLANE_MIN_INDEPENDENCE = 0.05
+
+
+@dataclass
+class _Plane:
+    """Exponentially weighted sums for a least-squares plane y = a + b x + c z (z in thousands)."""
+
+    decay: float
+    n: float = 0.0
+    sx: float = 0.0
+    sz: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    szz: float = 0.0
+    sxz: float = 0.0
+    sxy: float = 0.0
+    szy: float = 0.0
+
+    def add(self, x: float, z: float, y: float) -> None:
+        d, z = self.decay, z / 1000.0
+        self.n = self.n * d + 1.0
+        self.sx, self.sz, self.sy = self.sx * d + x, self.sz * d + z, self.sy * d + y
+        self.sxx, self.szz, self.sxz = self.sxx * d + x * x, self.szz * d + z * z, self.sxz * d + x * z
+        self.sxy, self.szy = self.sxy * d + x * y, self.szy * d + z * y
+
+    def fit(self) -> tuple[float, float, float, float] | None:
+        """``(a, b, c per z unit, mean z per x)``, or None when x and z cannot be told apart."""
+        if self.n == 0:
+            return None
+        n = self.n
+        mx, mz, my = self.sx / n, self.sz / n, self.sy / n
+        vxx, vzz, vxz = self.sxx / n - mx * mx, self.szz / n - mz * mz, self.sxz / n - mx * mz
+        vxy, vzy = self.sxy / n - mx * my, self.szy / n - mz * my
+        det = vxx * vzz - vxz * vxz
+        if vxx <= 0 or vzz <= 0 or det < PLANE_MIN_INDEPENDENCE * vxx * vzz:
+            return None
+        b = (vxy * vzz - vzy * vxz) / det
+        c = (vzy * vxx - vxy * vxz) / det
+        a = my - b * mx - c * mz
+        if b < 0 or c < 0 or a < 0:
+            return None
+        return a, b, c / 1000.0, 1000.0 * mz / mx
+
+
 class StepCostModel:
     """Online estimate of step times (see the module docstring).
 
@@ -85,30 +138,35 @@ class StepCostModel:
         decay: weight kept by past observations per new one, in (0, 1].
         outlier_factor: observations above this multiple of the prediction are clipped to it (>= 1).
         outlier_after: weight a line needs before its predictions clip observations.
+        plane_decay: ``decay`` of the decode plane (batch and history).
     """
 
     def __init__(self, prior: CostEstimate | None = None, decay: float = 0.95, outlier_factor: float = 3.0,
-                 outlier_after: float = 8.0) -> None:
+                 outlier_after: float = 8.0, plane_decay: float = 0.995) -> None:
         prior = prior or CostEstimate()
-        check_float("StepCostModel", "decay", decay, positive=True)
-        if decay > 1:
-            raise ValueError(f"StepCostModel.decay: got {decay!r}; accepted: a number in (0, 1]")
+        for name, value in (("decay", decay), ("plane_decay", plane_decay)):
+            check_float("StepCostModel", name, value, positive=True)
+            if value > 1:
+                raise ValueError(f"StepCostModel.{name}: got {value!r}; accepted: a number in (0, 1]")
         check_float("StepCostModel", "outlier_factor", outlier_factor, minimum=1.0)
         check_float("StepCostModel", "outlier_after", outlier_after, minimum=0.0)
         self._outlier_factor = outlier_factor
         self._outlier_after = outlier_after
         self._prefill = _Line(prior.prefill_fixed_ms, prior.prefill_ms_per_token, decay)
         self._decode = _Line(prior.decode_fixed_ms, prior.decode_ms_per_seq, decay)
+        self._decode_plane = _Plane(plane_decay)
         self._recent_decodes: deque[tuple[int, float]] = deque(maxlen=FLOOR_WINDOW)
         self._recent_prefill_rates: deque[float] = deque(maxlen=PREFILL_FLOOR_WINDOW)
 
-    def _add(self, line: _Line, x: float, y: float) -> None:
+    def _add(self, line: _Line, x: float, y: float) -> float:
+        """Add (x, y) to ``line``, y clipped to the outlier bound; returns the y added."""
         if line.n >= self._outlier_after:
             a, b = line.fit()
             bound = self._outlier_factor * (a + b * x)
             if bound > 0:
                 y = min(y, bound)
         line.add(x, y)
+        return y
 
     def observe_prefill(self, tokens: int, ms: float) -> None:
         """A prefill step of ``tokens`` tokens took ``ms`` milliseconds."""
@@ -117,19 +175,30 @@ class StepCostModel:
         self._add(self._prefill, float(tokens), float(ms))
         self._recent_prefill_rates.append(float(ms) / tokens)
 
-    def observe_decode(self, batch: int, ms: float) -> None:
-        """One decode loop of ``batch`` sequences took ``ms`` milliseconds."""
+    def observe_decode(self, batch: int, ms: float, kv_tokens: int | None = None) -> None:
+        """One decode loop of ``batch`` sequences (``kv_tokens`` history tokens in all, if known) took ``ms``."""
         check_int("StepCostModel.observe_decode", "batch", batch, minimum=1)
         check_float("StepCostModel.observe_decode", "ms", ms, minimum=0.0)
-        self._add(self._decode, float(batch), float(ms))
+        if kv_tokens is not None:
+            check_int("StepCostModel.observe_decode", "kv_tokens", kv_tokens, minimum=0)
+        added = self._add(self._decode, float(batch), float(ms))
+        if kv_tokens is not None:
+            self._decode_plane.add(float(batch), float(kv_tokens), added)
         self._recent_decodes.append((batch, float(ms)))
 
     def estimate(self) -> CostEstimate:
         pa, pb = self._prefill.fit()
         da, db = self._decode.fit()
+        per_kv = mean_kv = 0.0
+        plane = self._decode_plane.fit()
+        if plane is not None:
+            # the line becomes the plane at the mean history per sequence it was fitted on
+            da, per_seq, per_kv, mean_kv = plane
+            db = per_seq + per_kv * mean_kv
         return CostEstimate(prefill_fixed_ms=pa, prefill_ms_per_token=pb, decode_fixed_ms=da, decode_ms_per_seq=db,
                             decode_floor_ms=self._decode_floor(),
-                            prefill_floor_ms_per_token=min(self._recent_prefill_rates, default=0.0))
+                            prefill_floor_ms_per_token=min(self._recent_prefill_rates, default=0.0),
+                            decode_ms_per_kv_token=per_kv, decode_mean_kv_per_seq=mean_kv)
 
     def _decode_floor(self) -> float:
         """The FLOOR_PERCENTILE of the smallest-batch loops among the last FLOOR_WINDOW decode loops.

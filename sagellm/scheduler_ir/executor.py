@@ -125,6 +125,20 @@ class StepExecutor:
             )
         return order
 
+    def held_from_round(self, snapshot: EngineSnapshot) -> frozenset[int]:
+        """The strategy's ``hold_from_round``, checked: running sequences only, never all of them."""
+        held = frozenset(self.strategy.hold_from_round(snapshot))
+        running = set(snapshot.ids(snapshot.running))
+        if not held <= running or (running and held == running):
+            raise StrategyError(
+                f"strategy {self.strategy.name!r}: hold_from_round must return some of the running sequences "
+                f"{sorted(running)} and leave at least one, got {sorted(held)}"
+            )
+        if held and self.tracer is not None:
+            self.tracer.write({"step": snapshot.step_id, "kind": "hold", "strategy": self.strategy.describe(),
+                               "held": sorted(held), "running": len(running)})
+        return held
+
     def preempt(self, snapshot: EngineSnapshot, candidates: tuple[int, ...]) -> int:
         if not candidates:
             raise ValueError("StepExecutor.preempt: no candidates")

@@ -121,6 +121,10 @@ class CostEstimate(SerializableMixin):
 
     ``prefill_ms(n) = prefill_fixed_ms + prefill_ms_per_token * n`` for a prefill step of n tokens;
     ``decode_loop_ms(b) = decode_fixed_ms + decode_ms_per_seq * b`` per decoded token of a batch of b.
+    With the batch's KV history known, ``decode_loop_ms(b, kv)`` splits the per-sequence cost into a
+    part per sequence and ``decode_ms_per_kv_token`` per history token (attention reads every one):
+    the line is that plane at ``decode_mean_kv_per_seq``, the mean history of the loops it was fitted
+    on (both 0 while the model cannot tell the two apart).
     ``decode_floor_ms``: the fastest decode loops seen recently (a low percentile, 0 = none seen yet);
     a TPOT target below it cannot be met at any batch size.
     ``prefill_floor_ms_per_token``: the lowest time per token of the recent prefill steps (0 = none
@@ -133,19 +137,28 @@ class CostEstimate(SerializableMixin):
     decode_ms_per_seq: float = 0.2
     decode_floor_ms: float = 0.0
     prefill_floor_ms_per_token: float = 0.0
+    decode_ms_per_kv_token: float = 0.0
+    decode_mean_kv_per_seq: float = 0.0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         for name in ("prefill_fixed_ms", "prefill_ms_per_token", "decode_fixed_ms", "decode_ms_per_seq",
-                     "decode_floor_ms", "prefill_floor_ms_per_token"):
+                     "decode_floor_ms", "prefill_floor_ms_per_token", "decode_ms_per_kv_token",
+                     "decode_mean_kv_per_seq"):
             check_float(owner, name, getattr(self, name), minimum=0.0)
             object.__setattr__(self, name, float(getattr(self, name)))
 
     def prefill_ms(self, tokens: int) -> float:
         return self.prefill_fixed_ms + self.prefill_ms_per_token * max(0, tokens)
 
-    def decode_loop_ms(self, batch: int) -> float:
-        return self.decode_fixed_ms + self.decode_ms_per_seq * max(1, batch)
+    def decode_loop_ms(self, batch: int, kv_tokens: int | None = None) -> float:
+        """One decode loop of ``batch`` sequences holding ``kv_tokens`` history tokens in all (None: typical)."""
+        batch = max(1, batch)
+        if kv_tokens is None:
+            return self.decode_fixed_ms + self.decode_ms_per_seq * batch
+        per_kv = self.decode_ms_per_kv_token
+        per_seq = max(0.0, self.decode_ms_per_seq - per_kv * self.decode_mean_kv_per_seq)
+        return self.decode_fixed_ms + per_seq * batch + per_kv * max(0, kv_tokens)
 
 
 class KVMoveKind(str, Enum):

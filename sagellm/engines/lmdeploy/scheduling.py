@@ -28,6 +28,10 @@ hook (patch 0004)           what happens here
                             (see below)
 ``cut_round``/``end_round`` a decode round ends early when the strategy says so
                             (``rounds.round_cut``; see below)
+``decode_batch``            running requests the strategy holds back sit out the round
+                            being scheduled (keeping their blocks); while a round is in
+                            flight they are not scheduled as a round of their own, so they
+                            rejoin the whole batch when it ends
 ==========================  ==================================================================
 
 With ``fifo`` and no trace every hook returns LMDeploy's own answer without building a
@@ -153,8 +157,10 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self._agent_loop: int | None = None  # the forward the model agent started last in this round
         self._cut_before: int | None = None  # the loop the round ends before, once decided
         self._futile_waiting: int | None = None  # waiting count a round was cut for, until a prefill runs
+        self._held: frozenset[int] = frozenset()  # sequences held out of the last decode round scheduled
         self.rejected = 0
         self.round_cuts = {reason: 0 for reason in RoundCut}
+        self.held_from_rounds = 0
 
     # ------------------------------------------------------------------ server process
 
@@ -216,6 +222,19 @@ class SagellmSchedulerHooks(SchedulerHooks):
         snapshot = self.snapshot(scheduler, running=running)
         by_id = {seq.seq_id: seq for seq in running}
         return [by_id[seq_id] for seq_id in self.executor.decode_order(snapshot)]
+
+    def decode_batch(self, scheduler, running):
+        if self.passthrough or not self.config.sched_decode_pacing or not running:
+            return running
+        ids = {seq.seq_id for seq in running}
+        if scheduler.locked:  # scheduled ahead while a round runs: only sequences left out of it are here
+            return [] if self._held & ids else running
+        self._held = self.executor.held_from_round(self.snapshot(scheduler))
+        kept = [seq for seq in running if seq.seq_id not in self._held]
+        if not kept:
+            return running
+        self.held_from_rounds += len(running) - len(kept)
+        return kept
 
     def preempt(self, scheduler, running):
         if self.passthrough:
@@ -422,7 +441,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
         if started <= 0 or ms <= 0:
             return
         if is_decoding:
-            self.cost.observe_decode(len(running), ms)
+            self.cost.observe_decode(len(running), ms, kv_tokens=sum(int(seq.num_history_ids) for seq in running))
         else:
             self.cost.observe_prefill(max(1, sum(int(seq.num_token_ids) for seq in running)), ms)
 

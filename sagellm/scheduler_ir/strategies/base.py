@@ -7,7 +7,8 @@ A strategy never touches the engine. It answers five questions the seam asks eac
 - ``order_running``: the order in which running requests get KV blocks for their next tokens;
 - ``preempt``: which running request gives up its blocks when there are not enough;
 - ``choose_prefill``: whether the next step prefills or decodes (given the engine's own choice);
-- ``cut_round``: whether a decode round ends before its last loop.
+- ``cut_round``: whether a decode round ends before its last loop;
+- ``hold_from_round``: which running requests sit out the decode round being scheduled.
 
 The defaults reproduce LMDeploy 0.11: engine order everywhere, the newest candidate is preempted,
 the engine's prefill/decode choice stands. One exception: a decode round ends early when every
@@ -58,6 +59,10 @@ class SchedulingStrategy(ABC):
     def choose_prefill(self, snapshot: EngineSnapshot, engine_choice: bool) -> bool:
         """Whether the next step prefills (default: the engine's choice)."""
         return engine_choice
+
+    def hold_from_round(self, snapshot: EngineSnapshot) -> frozenset[int]:
+        """Running sequences that sit out the next decode round, keeping their blocks (default: none)."""
+        return frozenset()
 
     def cut_round(self, progress: RoundProgress) -> RoundCut | None:
         """Why the decode round should end after the loops done so far, or None (see ``rounds``)."""

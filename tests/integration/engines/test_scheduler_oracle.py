@@ -17,6 +17,7 @@ from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sc
 from sagellm.core.request import RequestMetadata
 from sagellm.engines.lmdeploy.scheduling import SagellmSchedulerHooks
 from sagellm.scheduler_ir import RoundCut, SchedulerConfig, read_records
+from sagellm.scheduler_ir.strategies.fifo import FifoStrategy
 from tests.integration.engines.oracle import transformers_greedy
 from tests.integration.engines.test_cpu_oracle import build_pipeline, make_prompts
 
@@ -151,3 +152,28 @@ def test_without_round_cuts_every_round_runs_to_its_end(model_and_reference, lon
     set_sched_hooks(hooks)
     assert run_engine(model_dir, limits) == [ref[:n] for ref, n in zip(reference, limits)]
     assert sum(hooks.round_cuts.values()) == 0
+
+
+class _FakeAlternateHolding(FifoStrategy):
+    """Test double: engine order everywhere; every other decode round, the running sequence with the
+    longest history sits it out (what ``slo_aware``'s pacing does to a document beside chats)."""
+
+    name = "fake_alternate_holding"
+    stock = False
+    rounds = 0
+
+    def hold_from_round(self, snapshot):
+        self.rounds += 1
+        if len(snapshot.running) < 2 or self.rounds % 2:
+            return frozenset()
+        return frozenset({max(snapshot.running, key=lambda s: (s.total_tokens, s.seq_id)).seq_id})
+
+
+def test_sequences_sitting_out_decode_rounds_are_token_identical(model_and_reference, long_reference, hooks_slot):
+    model_dir, reference = model_and_reference[0], long_reference
+    limits = [PREEMPT_MAX_NEW - 5 * (i % 7) for i in range(len(PROMPTS))]
+    hooks = SagellmSchedulerHooks(SchedulerConfig(scheduler="fifo"))
+    hooks.strategy = hooks.executor.strategy = _FakeAlternateHolding()
+    set_sched_hooks(hooks)
+    assert run_engine(model_dir, limits) == [ref[:n] for ref, n in zip(reference, limits)]
+    assert hooks.held_from_rounds > 5

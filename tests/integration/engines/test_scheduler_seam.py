@@ -26,6 +26,7 @@ from sagellm.engines.lmdeploy.scheduling import SYNCHRONOUS_YIELDS, SagellmSched
 from sagellm.engines.lmdeploy.scheduling_api import REJECT_MARKER
 from sagellm.scheduler_ir import SchedulerConfig as SagellmSchedulerConfig
 from sagellm.scheduler_ir import RoundCut, read_records
+from sagellm.scheduler_ir.strategies.fifo import FifoStrategy
 
 BLOCK = 4
 
@@ -378,3 +379,60 @@ def test_no_cut_without_a_model_agent_reporting_its_loops():
     for seq in seqs:
         scheduler._set_message_status(seq, MessageStatus.STOPPED)
     assert hooks.cut_round(SimpleNamespace(scheduler=scheduler), running, 3, 16) is False
+
+
+class _FakeHoldingStrategy(FifoStrategy):
+    """Test double: engine order everywhere, holds the sequences in ``hold`` out of decode rounds."""
+
+    name = "fake_holding"
+    stock = False
+    hold: frozenset = frozenset()
+
+    def hold_from_round(self, snapshot):
+        return frozenset(s.seq_id for s in snapshot.running if s.seq_id in self.hold)
+
+
+def _install_holding(**options):
+    hooks = install("fifo", **options)
+    hooks.strategy = hooks.executor.strategy = _FakeHoldingStrategy()
+    return hooks
+
+
+def _three_prefilled(scheduler):
+    seqs = [add(scheduler, i, list(range(10 * i, 10 * i + 8))) for i in range(3)]
+    out = scheduler.schedule(is_prefill=True)
+    step_outputs(scheduler, out.running, is_decoding=False)
+    return seqs
+
+
+def test_a_held_sequence_sits_out_the_round_keeps_its_blocks_and_rejoins_the_whole_batch():
+    hooks = _install_holding()
+    scheduler = make_scheduler()
+    seqs = _three_prefilled(scheduler)
+    blocks = seqs[2].num_blocks
+    hooks.strategy.hold = frozenset({seqs[2].seq_id})
+    running = scheduler.schedule(is_prefill=False).running
+    assert sessions(running) == [0, 1]
+    assert seqs[2].status == MessageStatus.RUNNING and seqs[2].num_blocks >= blocks  # blocks kept
+    assert hooks.held_from_rounds == 1
+    # scheduled ahead while the round runs: the held sequence gets no round of its own
+    scheduler.lock_running(running)
+    hooks.strategy.hold = frozenset()
+    assert scheduler.schedule(is_prefill=False).running == []
+    step_outputs(scheduler, running, is_decoding=True)
+    # the round ended: everyone decodes together again
+    assert sorted(sessions(scheduler.schedule(is_prefill=False).running)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("make_hooks", [
+    lambda: SchedulerHooks(),  # stock
+    lambda: _install_holding(sched_decode_pacing=False),
+])
+def test_every_running_sequence_decodes_with_default_hooks_or_pacing_off(make_hooks):
+    hooks = make_hooks()
+    set_sched_hooks(hooks)
+    if isinstance(hooks, SagellmSchedulerHooks):
+        hooks.strategy.hold = frozenset({1})
+    scheduler = make_scheduler()
+    _three_prefilled(scheduler)
+    assert sorted(sessions(scheduler.schedule(is_prefill=False).running)) == [0, 1, 2]

@@ -123,3 +123,33 @@ def test_prefill_floor_is_the_lowest_recent_time_per_token():
     for _ in range(64):
         model.observe_prefill(100, 20.0)  # the window keeps the last 64 steps
     assert model.estimate().prefill_floor_ms_per_token == pytest.approx(0.2)
+
+
+def test_decode_loops_with_history_fit_a_plane():
+    model = StepCostModel(PRIOR, decay=1.0, plane_decay=1.0)
+    # ms = 4 + 1.0 per sequence + 0.002 per history token (batch and history vary independently)
+    for batch, kv in ((1, 100), (2, 200), (2, 1700), (3, 300), (3, 3300), (1, 1500)):
+        model.observe_decode(batch, 4.0 + 1.0 * batch + 0.002 * kv, kv_tokens=kv)
+    est = model.estimate()
+    assert est.decode_fixed_ms == pytest.approx(4.0)
+    assert est.decode_ms_per_kv_token == pytest.approx(0.002)
+    assert est.decode_loop_ms(2, 1600) == pytest.approx(4.0 + 2.0 + 3.2)
+    assert est.decode_loop_ms(1, 100) == pytest.approx(5.2)
+    # without a history the line is the plane at the mean history per sequence of the loops seen
+    assert est.decode_mean_kv_per_seq == pytest.approx(7100 / 12)
+    assert est.decode_loop_ms(2) == pytest.approx(est.decode_loop_ms(2, round(2 * 7100 / 12)), abs=0.01)
+
+
+def test_history_proportional_to_the_batch_keeps_the_line():
+    model = StepCostModel(PRIOR, decay=1.0, plane_decay=1.0)
+    for batch in (1, 2, 4):
+        model.observe_decode(batch, 3.0 + 0.5 * batch, kv_tokens=100 * batch)
+    est = model.estimate()
+    assert (est.decode_fixed_ms, est.decode_ms_per_seq) == (pytest.approx(3.0), pytest.approx(0.5))
+    assert est.decode_ms_per_kv_token == 0.0
+    assert est.decode_loop_ms(2, 5000) == est.decode_loop_ms(2) == pytest.approx(4.0)
+
+
+def test_rejects_a_negative_history():
+    with pytest.raises(ValueError, match="kv_tokens"):
+        StepCostModel(PRIOR).observe_decode(1, 5.0, kv_tokens=-1)

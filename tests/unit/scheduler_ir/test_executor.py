@@ -53,6 +53,9 @@ class _Broken(SchedulingStrategy):
     def preempt(self, snapshot, candidates):
         return 42
 
+    def hold_from_round(self, snapshot):
+        return frozenset(snapshot.ids(snapshot.running))
+
 
 def test_a_decision_that_does_not_fit_the_snapshot_is_a_clear_error():
     executor = StepExecutor(_Broken())
@@ -63,6 +66,9 @@ def test_a_decision_that_does_not_fit_the_snapshot_is_a_clear_error():
         executor.decode_order(snap)
     with pytest.raises(StrategyError, match=r"preempt returned 42, not one of \[5\]"):
         executor.preempt(snap, (5,))
+    with pytest.raises(StrategyError, match=r"hold_from_round must return some of the running sequences \[5\] "
+                                            r"and leave at least one, got \[5\]"):
+        executor.held_from_round(snap)
 
 
 def test_decode_order_preempt_and_choice_follow_the_strategy():

@@ -358,3 +358,42 @@ def test_adaptive_switches_by_load():
     assert strat.mode == "slo_aware" and decision.order == (2, 1, 3, 4)
     assert decision.note == "adaptive:slo_aware:edf"
     assert strat.describe() == "adaptive(slo_aware)"
+
+
+# decode pacing: 4 ms per loop + 1 ms per sequence + 0.002 ms per history token, 4-loop rounds
+PACING_COST = dataclasses.replace(FLAT_COST, decode_fixed_ms=4.0, decode_ms_per_seq=1.0, decode_ms_per_kv_token=0.002)
+
+
+def pacing_snapshot(doc_first_token_ago_s: float = 0.010, chat_tpot_ms: float = 10.0, chats: int = 2):
+    now = 100.0
+    chat = [running(i, computed=100, generated=2, max_new_tokens=32, slo_tpot_ms=chat_tpot_ms, first_token_s=now - 0.010)
+            for i in range(1, chats + 1)]
+    doc = running(9, computed=1500, generated=2, max_new_tokens=32, slo_tpot_ms=21.0, first_token_s=now - doc_first_token_ago_s)
+    return snapshot(now_s=now, running_seqs=[*chat, doc], cost=PACING_COST, decode_loops=4)
+
+
+def test_slo_aware_holds_a_document_out_of_a_round_its_history_would_make_chats_miss_their_tpot():
+    slo = build_strategy("slo_aware")
+    # 3 sequences, 1703 history tokens: 10.406 ms per loop; a chat's 30 tokens left then take 312.2 ms
+    # of its 31 x 10 = 310 ms allowance less the 10 ms it already used: at risk. Without the document:
+    # 6.404 ms per loop. The document waits 4 x 6.404 ms and still has 651 - 10 - 25.6 - 312.2 ms to spare.
+    assert slo.hold_from_round(pacing_snapshot()) == frozenset({9})
+
+
+def test_slo_aware_keeps_everyone_when_no_target_is_at_risk_or_nobody_can_wait():
+    slo = build_strategy("slo_aware")
+    assert slo.hold_from_round(pacing_snapshot(chats=1)) == frozenset()  # 9.204 ms per loop: 23.9 ms to spare
+    # the document itself used up its allowance: 651 - 350 - 25.6 - 312.2 < 0
+    assert slo.hold_from_round(pacing_snapshot(doc_first_token_ago_s=0.350)) == frozenset()
+    # off by option
+    off = build_strategy("slo_aware", StrategyOptions(decode_pacing=False))
+    assert off.hold_from_round(pacing_snapshot()) == frozenset()
+
+
+def test_slo_aware_does_not_pace_for_a_chat_that_misses_anyway_or_hold_requests_without_a_tpot_target():
+    slo = build_strategy("slo_aware")
+    # a 5 ms TPOT target: 10 + 30 x 5 ms (the fastest loop) > 155 ms allowance -- lost, so not protected
+    assert slo.hold_from_round(pacing_snapshot(chat_tpot_ms=5.0)) == frozenset()
+    snap = pacing_snapshot()
+    no_target = dataclasses.replace(snap.running[-1], slo_tpot_ms=None)
+    assert slo.hold_from_round(dataclasses.replace(snap, running=snap.running[:-1] + (no_target,))) == frozenset()
