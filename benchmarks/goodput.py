@@ -337,7 +337,7 @@ def make_arm(name: str, options: EngineOptions) -> Arm:
     """``pd`` / ``pd-STRATEGY``: disaggregated; any other name: a colocated engine with that scheduler.
 
     ``STRATEGY+FLAG[+FLAG...]`` adds ``--FLAG`` to that engine's command line, e.g.
-    ``slo_aware+no-sched-decode-pacing`` (one option's effect, measured in the same run).
+    ``slo_aware+sched-decode-pacing`` (one option's effect, measured in the same run).
     """
     if name == "pd" or name.startswith("pd-"):
         return pd_arm(options, strategy=name[3:] or "fifo")
@@ -533,7 +533,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--arms", default="fifo,slo_aware,priority,pd",
                     help="comma-separated: scheduler strategies (colocated engine), pd or pd-STRATEGY "
                          "(prefill/decode disaggregated behind the PD router); STRATEGY+FLAG adds --FLAG to "
-                         "that engine, e.g. slo_aware+no-sched-decode-pacing")
+                         "that engine, e.g. slo_aware+sched-decode-pacing")
     ap.add_argument("--rates", default="0.5,1,1.25,1.5,2,2.5", help="Poisson rates to sweep, req/s")
     ap.add_argument("--requests", type=int, default=80, help="requests per rate")
     ap.add_argument("--warmup", type=int, default=8)

@@ -45,7 +45,7 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
   policy waits until the loops it saves outweigh the batch, ``rounds.round_cut``): a waiting
   request's TTFT clock runs while the round goes on, and whether it is then prefilled is still
   decided by ``choose_prefill``.
-- **Pacing decode rounds** (``decode_pacing``): a running request whose TPOT target is at risk --
+- **Pacing decode rounds** (``decode_pacing``, off by default): a running request whose TPOT target is at risk --
   its output so far plus its remaining tokens at the current loop time past ``slo_tpot_ms`` times
   its output length -- gets the batch thinned: the running request whose absence speeds a loop up
   the most (the longest history: attention reads every token of it) sits out the next round, if
@@ -54,7 +54,11 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
   (Measured on the 2-core CPU: two 70-token requests decoded at 8.4 ms per token alone, 11.0 with
   one 1,500-token document decoding beside them, 12.5 with two; in a goodput run at 2 req/s the
   interactive requests whose decoding overlapped a document's missed their 9.92 ms TPOT target 8
-  times in 14, the others 6 in 57.)
+  times in 14, the others 6 in 57.) Measured with and without it in one interleaved goodput run
+  (goodput-20261124T015829Z, 100 requests per rate at 1.5-3 req/s): those overlapped requests
+  missed 23 of 63 times with pacing and 23 of 55 without, and attainment went 97/73/79/54 % with
+  against 90/78/68/80 % without -- no gain through the run's noise, and at 3 req/s, where the
+  engine is saturated, the separate rounds of the requests held out cost throughput. Hence off.
 - **Decode rounds and chunks**: both stay LMDeploy's by default (rounds of 16 decode steps, prompts
   prefilled whole; ``--sched-decode-loops`` and ``--sched-chunk-tokens`` change them). On the
   2-core CPU with the tiny model a step has ~10 ms of fixed cost, so 4-step rounds and 256-token

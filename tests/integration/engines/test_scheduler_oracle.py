@@ -172,7 +172,7 @@ class _FakeAlternateHolding(FifoStrategy):
 def test_sequences_sitting_out_decode_rounds_are_token_identical(model_and_reference, long_reference, hooks_slot):
     model_dir, reference = model_and_reference[0], long_reference
     limits = [PREEMPT_MAX_NEW - 5 * (i % 7) for i in range(len(PROMPTS))]
-    hooks = SagellmSchedulerHooks(SchedulerConfig(scheduler="fifo"))
+    hooks = SagellmSchedulerHooks(SchedulerConfig(scheduler="fifo", sched_decode_pacing=True))
     hooks.strategy = hooks.executor.strategy = _FakeAlternateHolding()
     set_sched_hooks(hooks)
     assert run_engine(model_dir, limits) == [ref[:n] for ref, n in zip(reference, limits)]

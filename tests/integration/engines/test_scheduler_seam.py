@@ -392,8 +392,8 @@ class _FakeHoldingStrategy(FifoStrategy):
         return frozenset(s.seq_id for s in snapshot.running if s.seq_id in self.hold)
 
 
-def _install_holding(**options):
-    hooks = install("fifo", **options)
+def _install_holding(sched_decode_pacing=True, **options):
+    hooks = install("fifo", sched_decode_pacing=sched_decode_pacing, **options)
     hooks.strategy = hooks.executor.strategy = _FakeHoldingStrategy()
     return hooks
 

@@ -373,7 +373,7 @@ def pacing_snapshot(doc_first_token_ago_s: float = 0.010, chat_tpot_ms: float = 
 
 
 def test_slo_aware_holds_a_document_out_of_a_round_its_history_would_make_chats_miss_their_tpot():
-    slo = build_strategy("slo_aware")
+    slo = build_strategy("slo_aware", StrategyOptions(decode_pacing=True))
     # 3 sequences, 1703 history tokens: 10.406 ms per loop; a chat's 30 tokens left then take 312.2 ms
     # of its 31 x 10 = 310 ms allowance less the 10 ms it already used: at risk. Without the document:
     # 6.404 ms per loop. The document waits 4 x 6.404 ms and still has 651 - 10 - 25.6 - 312.2 ms to spare.
@@ -381,17 +381,17 @@ def test_slo_aware_holds_a_document_out_of_a_round_its_history_would_make_chats_
 
 
 def test_slo_aware_keeps_everyone_when_no_target_is_at_risk_or_nobody_can_wait():
-    slo = build_strategy("slo_aware")
+    slo = build_strategy("slo_aware", StrategyOptions(decode_pacing=True))
     assert slo.hold_from_round(pacing_snapshot(chats=1)) == frozenset()  # 9.204 ms per loop: 23.9 ms to spare
     # the document itself used up its allowance: 651 - 350 - 25.6 - 312.2 < 0
     assert slo.hold_from_round(pacing_snapshot(doc_first_token_ago_s=0.350)) == frozenset()
-    # off by option
-    off = build_strategy("slo_aware", StrategyOptions(decode_pacing=False))
+    # off by default
+    off = build_strategy("slo_aware")
     assert off.hold_from_round(pacing_snapshot()) == frozenset()
 
 
 def test_slo_aware_does_not_pace_for_a_chat_that_misses_anyway_or_hold_requests_without_a_tpot_target():
-    slo = build_strategy("slo_aware")
+    slo = build_strategy("slo_aware", StrategyOptions(decode_pacing=True))
     # a 5 ms TPOT target: 10 + 30 x 5 ms (the fastest loop) > 155 ms allowance -- lost, so not protected
     assert slo.hold_from_round(pacing_snapshot(chat_tpot_ms=5.0)) == frozenset()
     snap = pacing_snapshot()
