@@ -5,6 +5,7 @@ Importing it creates no metric and touches no environment; see README.md.
 
 from sagellm.telemetry.metrics import (
     KV_BLOCK_STATES,
+    SCHEDULER_EVENTS,
     SLO_KINDS,
     TIERS,
     TRANSFER_DIRECTIONS,
@@ -19,6 +20,7 @@ __all__ = [
     "ENGINE_SERIES",
     "GATEWAY_SERIES",
     "KV_BLOCK_STATES",
+    "SCHEDULER_EVENTS",
     "SLO_KINDS",
     "TIERS",
     "TRANSFER_DIRECTIONS",

@@ -32,6 +32,9 @@ TIERS: tuple[str, ...] = tuple(t.value for t in KVTier)
 KV_BLOCK_STATES: tuple[str, ...] = ("used", "free")
 TRANSFER_DIRECTIONS: tuple[str, ...] = ("offload", "onload")
 SLO_KINDS: tuple[str, ...] = ("ttft", "tpot")
+SCHEDULER_EVENTS: tuple[str, ...] = (
+    "round_cut_all_finished", "round_cut_admit_waiting", "held_from_round", "rejected",
+)
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -164,6 +167,11 @@ class SageMetrics:
         """``n`` sequences are in scheduler queue ``queue`` (waiting, running, swapped...)."""
         queue, n = _ident("queue", queue), _count("n", n)
         self._set.child("sagellm_scheduler_queue_length", queue=queue).set(n)
+
+    def scheduler_event(self, event: str, n: int = 1) -> None:
+        """The scheduler made decision ``event`` (``SCHEDULER_EVENTS``) ``n`` times."""
+        event, n = _choice("event", event, SCHEDULER_EVENTS), _count("n", n)
+        self._set.child("sagellm_scheduler_events", event=event).inc(n)
 
     def slo_miss(self, kind: str) -> None:
         """A request missed its ``kind`` (ttft or tpot) target."""

@@ -112,6 +112,11 @@ ENGINE_SERIES: tuple[SeriesSpec, ...] = (
         "Sequences in a scheduler queue (waiting, running, ...).", ("queue",),
     ),
     SeriesSpec(
+        "sagellm_scheduler_events", "counter",
+        "Scheduler decisions: decode rounds ended early (round_cut_all_finished, round_cut_admit_waiting), "
+        "requests held out of a decode round (held_from_round), requests rejected (rejected).", ("event",),
+    ),
+    SeriesSpec(
         "sagellm_slo_misses", "counter",
         "Requests that missed their SLO target (kind: ttft or tpot).", ("kind",),
     ),

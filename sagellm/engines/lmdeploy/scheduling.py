@@ -17,9 +17,10 @@ hook (patch 0004)           what happens here
 ``order_running``           who gets decode blocks first
 ``preempt``                 who gives up its blocks
 ``choose_prefill``          prefill or decode next
-``before_step_outputs``     step times feed the cost model; a chunk that ran becomes
-                            computed KV (published to the prefix trie) and its sequence waits
-                            for the next chunk, without emitting the token sampled after it
+``before_step_outputs``     queue lengths go to /metrics; step times feed the cost model; a
+                            chunk that ran becomes computed KV (published to the prefix trie)
+                            and its sequence waits for the next chunk, without emitting the
+                            token sampled after it
 ``await_forward_event``     on synchronous devices (cpu), request intake and response sending
                             do not wait for queued forwards (see below)
 ``after_forward``           on synchronous devices, the model agent yields ``SYNCHRONOUS_YIELDS``
@@ -115,6 +116,7 @@ from sagellm.scheduler_ir import (
     StepExecutor,
     build_strategy,
 )
+from sagellm.telemetry import metrics
 
 logger = logging.getLogger("sagellm.scheduling")
 
@@ -234,6 +236,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
         if not kept:
             return running
         self.held_from_rounds += len(running) - len(kept)
+        metrics.scheduler_event("held_from_round", len(running) - len(kept))
         return kept
 
     def preempt(self, scheduler, running):
@@ -256,6 +259,9 @@ class SagellmSchedulerHooks(SchedulerHooks):
 
     def before_step_outputs(self, scheduler, running, is_decoding) -> None:
         now = time.time()
+        metrics.scheduler_queue_length("waiting", scheduler.num_waiting())
+        metrics.scheduler_queue_length(
+            "running", scheduler.num_running() + scheduler.seq_manager.num_sequences(MessageStatus.LOCKED))
         self._observe(running, is_decoding, now)
         if not is_decoding:
             self._futile_waiting = None
@@ -293,6 +299,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
         if reason is RoundCut.ADMIT_WAITING:
             self._futile_waiting = waiting
         self.round_cuts[reason] += 1
+        metrics.scheduler_event(f"round_cut_{reason.value}")
         return loop + 1 >= self._cut_before
 
     def end_round(self, agent, loop) -> bool:
@@ -399,6 +406,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
         scheduler._set_message_status(seq, MessageStatus.STOPPED)
         self.engine._response(seq.resp, ResponseType.INTERNAL_ENGINE_ERROR, err_msg=text)
         self.rejected += 1
+        metrics.scheduler_event("rejected")
 
     def chunk_restore(self, seq) -> None:
         """Put back the tokens cut off ``seq`` (a chunk that was not run)."""

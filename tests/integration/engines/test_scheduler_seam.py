@@ -66,6 +66,19 @@ def restore_hooks():
     set_kv_hooks(previous_kv)
 
 
+@pytest.fixture
+def recorded_metrics(monkeypatch):
+    """The adapter's metrics, recorded into a registry of the test's own."""
+    from prometheus_client import CollectorRegistry
+
+    from sagellm.engines.lmdeploy import scheduling
+    from sagellm.telemetry import SageMetrics
+
+    registry = CollectorRegistry()
+    monkeypatch.setattr(scheduling, "metrics", SageMetrics(registry))
+    return lambda name, **labels: registry.get_sample_value(name, labels)
+
+
 def add(scheduler, session_id, tokens, **meta):
     session = scheduler.add_session(session_id)
     seq = session.add_sequence(np.array(tokens), sampling_param=None)
@@ -199,7 +212,7 @@ def test_a_cut_that_was_not_admitted_is_undone_next_step():
     assert seq.history_cache.get_real().tolist() == list(range(20))
 
 
-def test_an_unattainable_request_ends_with_the_reason_and_leaves_the_queue():
+def test_an_unattainable_request_ends_with_the_reason_and_leaves_the_queue(recorded_metrics):
     hooks = install("slo_aware")
     scheduler = make_scheduler()
     late = add(scheduler, 0, list(range(8)), slo_ttft_ms=50.0)
@@ -212,6 +225,7 @@ def test_an_unattainable_request_ends_with_the_reason_and_leaves_the_queue():
     assert resp is late.resp and resp_type is ResponseType.INTERNAL_ENGINE_ERROR
     assert err_msg.startswith(f"{REJECT_MARKER} the slo_aware scheduler rejected the request: slo_ttft_ms=50 cannot be met")
     assert hooks.rejected == 1
+    assert recorded_metrics("sagellm_scheduler_events_total", event="rejected") == 1
     assert scheduler.schedule(is_prefill=True).running == []  # nothing left waiting
 
 
@@ -318,7 +332,7 @@ def _decoding_round(scheduler):
     return seqs, running
 
 
-def test_a_round_whose_sequences_all_stopped_ends_after_the_forward_already_run():
+def test_a_round_whose_sequences_all_stopped_ends_after_the_forward_already_run(recorded_metrics):
     hooks = install("fifo")
     scheduler = make_scheduler()
     engine = SimpleNamespace(scheduler=scheduler)
@@ -333,6 +347,7 @@ def test_a_round_whose_sequences_all_stopped_ends_after_the_forward_already_run(
     assert hooks.end_round(None, 3) is True  # the agent stops before forward 3
     assert hooks.cut_round(engine, running, 2, 16) is True  # and the engine after the outputs of forward 2
     assert hooks.round_cuts == {RoundCut.ALL_FINISHED: 1, RoundCut.ADMIT_WAITING: 0}
+    assert recorded_metrics("sagellm_scheduler_events_total", event="round_cut_all_finished") == 1
     assert hooks.end_round(None, 0) is False and hooks.end_round(None, 1) is False  # the next round starts clean
 
 
@@ -405,16 +420,20 @@ def _three_prefilled(scheduler):
     return seqs
 
 
-def test_a_held_sequence_sits_out_the_round_keeps_its_blocks_and_rejoins_the_whole_batch():
+def test_a_held_sequence_sits_out_the_round_keeps_its_blocks_and_rejoins_the_whole_batch(recorded_metrics):
     hooks = _install_holding()
     scheduler = make_scheduler()
     seqs = _three_prefilled(scheduler)
+    # queue lengths as the prefill's outputs arrived (its three sequences locked in it)
+    assert recorded_metrics("sagellm_scheduler_queue_length", queue="running") == 3
+    assert recorded_metrics("sagellm_scheduler_queue_length", queue="waiting") == 0
     blocks = seqs[2].num_blocks
     hooks.strategy.hold = frozenset({seqs[2].seq_id})
     running = scheduler.schedule(is_prefill=False).running
     assert sessions(running) == [0, 1]
     assert seqs[2].status == MessageStatus.RUNNING and seqs[2].num_blocks >= blocks  # blocks kept
     assert hooks.held_from_rounds == 1
+    assert recorded_metrics("sagellm_scheduler_events_total", event="held_from_round") == 1
     # scheduled ahead while the round runs: the held sequence gets no round of its own
     scheduler.lock_running(running)
     hooks.strategy.hold = frozenset()

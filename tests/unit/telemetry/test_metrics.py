@@ -58,6 +58,7 @@ def test_engine_metrics_record_exact_values():
     m.kv_onload("ssd", nbytes=4096, seconds=0.01)
     m.transport_transfer("shm", nbytes=8_000_000, seconds=0.5)
     m.scheduler_queue_length("waiting", 3)
+    m.scheduler_event("held_from_round", 2)
     m.slo_miss("ttft")
     m.observe_ttft(0.2)
     m.observe_tpot(0.02)
@@ -74,6 +75,7 @@ def test_engine_metrics_record_exact_values():
     assert got[("sagellm_transport_seconds_total", (("backend", "shm"),))] == 0.5
     assert got[("sagellm_transport_bandwidth_bytes_per_second", (("backend", "shm"),))] == 16_000_000
     assert got[("sagellm_scheduler_queue_length", (("queue", "waiting"),))] == 3
+    assert got[("sagellm_scheduler_events_total", (("event", "held_from_round"),))] == 2
     assert got[("sagellm_slo_misses_total", (("kind", "ttft"),))] == 1
     assert got[("sagellm_ttft_seconds_bucket", (("le", "0.25"),))] == 1
     assert got[("sagellm_ttft_seconds_bucket", (("le", "0.1"),))] == 0
@@ -96,6 +98,7 @@ def test_nothing_is_created_before_first_use():
         (lambda m: m.kv_offload("host", nbytes=1, seconds=float("nan")), "seconds: got nan"),
         (lambda m: m.scheduler_queue_length("Waiting Queue", 1), "queue: got 'Waiting Queue'"),
         (lambda m: m.slo_miss("e2e"), "kind: got 'e2e'; accepted: one of 'ttft', 'tpot'"),
+        (lambda m: m.scheduler_event("preempted"), "event: got 'preempted'"),
         (lambda m: m.observe_request_latency("v1/chat", 1.0), "endpoint: got 'v1/chat'"),
     ],
 )
