@@ -14,9 +14,10 @@ Arms: one engine server per arm (``sage llm engine start --scheduler NAME``), al
 the sweep on the same machine and interleaved: at each rate every arm runs the same seeded
 request sequence in turn, the order rotating from rate to rate. (Run one arm after the other, the
 arms met different machines: on the 2-core host fifo attained 73 % at 2 req/s in one run and
-93 % in another an hour later, more than any strategy changed it.) An arm is a name and a context manager that yields a base URL (:class:`Arm`): ``pd`` is
-prefill/decode disaggregation on this host (a prefill engine, a decode engine, KV over shared
-memory, the PD router in front), so colocated and PD serving are measured in the same run.
+93 % in another an hour later, more than any strategy changed it.) An arm is a name and a
+context manager that yields a base URL (:class:`Arm`): ``pd`` is prefill/decode disaggregation on
+this host (a prefill engine, a decode engine, KV over shared memory, the PD router in front), so
+colocated and PD serving are measured in the same run.
 
 Per arm and rate: SLO attainment (requests meeting both targets; a rejected or failed request
 misses), goodput = attained requests per second of the arrival window, TTFT and TPOT
@@ -379,12 +380,12 @@ def run_arms(arms: dict[str, Arm], work: Path, classes, tokenizer, rates, count:
              warmup: int) -> dict[str, dict]:
     """Every arm at every rate, interleaved (see the module docstring); arm name -> rate -> summary."""
     results: dict[str, dict] = {name: {} for name in arms}
+    warm = build_requests(classes, tokenizer, warmup, rate=4.0, seed=seed + 7)
     with contextlib.ExitStack() as stack:
         urls = {}
         for name, arm in arms.items():
             print(f"[goodput] starting arm {name}", flush=True)
             urls[name] = stack.enter_context(arm.launch(work))
-            warm = build_requests(classes, tokenizer, warmup, rate=4.0, seed=seed + 7)
             run_requests(*urls[name], classes, warm)
         names = list(arms)
         for i, rate in enumerate(rates):
@@ -451,7 +452,8 @@ def render_markdown(report: dict) -> str:
     lines += [f"Model `{cfg['model']}`, {cfg['requests']} requests per rate (Poisson; the same classes, lengths "
               "and arrival gaps scaled per rate, fresh prompt text per rate), "
               f"rates {cfg['rates']} req/s; machine: {report['machine'].get('cpu_model', '?')}, "
-              f"{report['machine'].get('usable_cpus', '?')} usable CPUs. Same run, arms interleaved at each rate (order rotating).", ""]
+              f"{report['machine'].get('usable_cpus', '?')} usable CPUs. "
+              "Same run, arms interleaved at each rate (order rotating).", ""]
     lines += ["| class | share | prompt tokens | output | priority | idle TTFT | idle TPOT | SLO TTFT | SLO TPOT |",
               "|---|---|---|---|---|---|---|---|---|"]
     for c in cfg["classes"]:

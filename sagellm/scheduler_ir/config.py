@@ -92,7 +92,6 @@ class SchedulerConfig:
                           "fit in the batch and the loops they would sit out outweigh a prefill (slo_aware: any "
                           "that fits); false: LMDeploy's fixed rounds, always run to their last loop"},
     )
-
     sched_decode_pacing: bool = field(
         default=False,
         metadata={"help": "slo_aware: a running request whose TPOT target has time to spare sits out a decode "

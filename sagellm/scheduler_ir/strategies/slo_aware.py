@@ -366,23 +366,20 @@ class SloAwareStrategy(SchedulingStrategy):
                  if s.slo_tpot_ms is not None and s.first_token_s is not None and s.max_new_tokens > 1]
         if len(paced) < 2:
             return frozenset()
-
-        def loop_ms(seqs: list[SeqView]) -> float:
-            return cost.decode_loop_ms(len(seqs), sum(s.total_tokens for s in seqs))
-
-        members = list(snapshot.running)
+        protected = [t for t in paced if not self.tpot_lost(snapshot, t)]
+        batch, kv_tokens = len(snapshot.running), sum(s.total_tokens for s in snapshot.running)
         held: set[int] = set()
-        while len(members) > 1:
-            current = loop_ms(members)
-            at_risk = {t.seq_id for t in paced if t.seq_id not in held and not self.tpot_lost(snapshot, t)
-                       and self.tpot_allowance_left_ms(snapshot, t, current) < 0.0}
+        while batch > 1:
+            current = cost.decode_loop_ms(batch, kv_tokens)
+            at_risk = {t.seq_id for t in protected
+                       if t.seq_id not in held and self.tpot_allowance_left_ms(snapshot, t, current) < 0.0}
             if not at_risk:
                 break
             best: tuple[float, SeqView] | None = None
             for seq in paced:
                 if seq.seq_id in at_risk or seq.seq_id in held:
                     continue
-                without = loop_ms([m for m in members if m.seq_id != seq.seq_id])
+                without = cost.decode_loop_ms(batch - 1, kv_tokens - seq.total_tokens)
                 pause = snapshot.decode_loops * without
                 if current - without <= 0.0 or self.tpot_allowance_left_ms(snapshot, seq, current, pause) < 0.0:
                     continue
@@ -391,7 +388,7 @@ class SloAwareStrategy(SchedulingStrategy):
             if best is None:
                 break
             held.add(best[1].seq_id)
-            members = [m for m in members if m.seq_id != best[1].seq_id]
+            batch, kv_tokens = batch - 1, kv_tokens - best[1].total_tokens
         return frozenset(held)
 
     def cut_round(self, progress: RoundProgress) -> RoundCut | None:
