@@ -14,7 +14,7 @@ Arms: one engine server per arm (``sage llm engine start --scheduler NAME``), al
 the sweep on the same machine and interleaved: at each rate every arm runs the same seeded
 request sequence in turn, the order rotating from rate to rate. (Run one arm after the other, the
 arms met different machines: on the 2-core host fifo attained 73 % at 2 req/s in one run and
-93 % in another an hour later, more than any strategy changed it.) An arm is a name and a
+93 % in another ten minutes later, more than any strategy changed it.) An arm is a name and a
 context manager that yields a base URL (:class:`Arm`): ``pd`` is prefill/decode disaggregation on
 this host (a prefill engine, a decode engine, KV over shared memory, the PD router in front), so
 colocated and PD serving are measured in the same run.

@@ -15,7 +15,8 @@ much as two more 100-token sequences (attention reads all of it), which a line i
 from batch size. While the two are not told apart (no history reported, history proportional to
 the batch, or a negative slope) the estimate is the line alone. The plane forgets more slowly
 (``plane_decay``): within one decode round the batch and its history barely change, so at the
-line's decay it saw too little variety to separate the two (in a goodput run it failed half the time).
+line's decay it saw too little variety to separate the two (in a goodput probe the plane was
+unusable in 3 of the 5 plans sampled).
 
 Once a line has some weight, an observation above ``outlier_factor`` times the line's own
 prediction counts as that bound: on the CPU device a decode loop timed between two outputs
