@@ -7,6 +7,7 @@ from lmdeploy.pytorch.backends.base import OpType
 from lmdeploy.pytorch.backends.default import DefaultOpsBackend
 
 from sagellm.accel.kernels.cpu import pack_batch
+from sagellm.engines.lmdeploy.cpu.config import cpu_device_config
 from sagellm.engines.lmdeploy.cpu.step_state import plan_step, thread_policy
 
 # weight-quantized layers (sagellm.engines.lmdeploy.cpu.quant_linear): AWQ W4/W8, SmoothQuant int8 run weight-only
@@ -28,6 +29,10 @@ class CpuOpsBackend(DefaultOpsBackend):
             from sagellm.engines.lmdeploy.cpu.attention import CpuPagedAttentionBuilder
 
             return CpuPagedAttentionBuilder
+        if layer_type == OpType.Linear and cpu_device_config().cpu_packed_linear:
+            from sagellm.engines.lmdeploy.cpu.linear import CpuPackedLinearBuilder
+
+            return CpuPackedLinearBuilder
         if layer_type in _QUANT_BUILDERS:
             from sagellm.engines.lmdeploy.cpu import quant_linear
 

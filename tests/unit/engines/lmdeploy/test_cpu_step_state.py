@@ -73,3 +73,25 @@ def test_plan_step_decodes_densely_unless_quantized(monkeypatch):
     dense, plan = step_state.plan_step(_step_context(caches, kv, table), packed)
     assert plan is DensePlan.REBUILD and dense is step_state.dense_history(caches)
     assert step_state.plan_step(_step_context(caches, kv, table, quant_policy=8), packed) == (None, DensePlan.OFF)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_linear_layers_take_the_packed_builder_unless_turned_off(monkeypatch, packed):
+    from lmdeploy.pytorch.backends.base import OpType
+    from lmdeploy.pytorch.backends.default.linear import DefaultLinearBuilder
+
+    from sagellm.engines.lmdeploy.cpu import op_backend
+    from sagellm.engines.lmdeploy.cpu.linear import CpuPackedLinearBuilder
+
+    config = load_config(CpuDeviceConfig, env={"SAGELLM_CPU_PACKED_LINEAR": "1" if packed else "0"})
+    monkeypatch.setattr(op_backend, "cpu_device_config", lambda: config)
+    builder = op_backend.CpuOpsBackend.get_layer_impl_builder(OpType.Linear)
+    assert builder is (CpuPackedLinearBuilder if packed else DefaultLinearBuilder)
+    if packed:
+        impl = builder.build(32, 48, bias=False)
+        weight = torch.randn(48, 32)
+        x = torch.randn(2, 32)
+        assert impl.update_weights(weight, None) == (weight, None)
+        with torch.inference_mode():
+            torch.testing.assert_close(impl.forward(x, weight), torch.nn.functional.linear(x, weight),
+                                       rtol=1e-5, atol=1e-5)

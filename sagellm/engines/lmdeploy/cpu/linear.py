@@ -1,0 +1,34 @@
+"""LMDeploy's dense ``Linear`` layer on the cpu device: oneDNN with the weight packed once.
+
+See :mod:`sagellm.accel.kernels.cpu.linear` for the kernel and what it measured. The cpu device
+runs one rank (``CpuOpsBackend.device_count``), so a tensor-parallel reduction never reaches
+this layer; if one does, LMDeploy's default implementation serves it unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from lmdeploy.pytorch.backends.default.linear import DefaultLinearImpl
+from lmdeploy.pytorch.backends.linear import LinearBuilder
+
+from sagellm.accel.kernels.cpu.linear import PackedLinear
+
+
+class CpuPackedLinearImpl(DefaultLinearImpl):
+    def __init__(self) -> None:
+        self.packed = PackedLinear()
+
+    def update_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.packed.invalidate()  # called after loading and after every in-place weight update
+        return weight, bias
+
+    def forward(self, x, weight, bias=None, all_reduce=False, group=None, rank=0, scatter_size=None):
+        if all_reduce:
+            return super().forward(x, weight, bias, all_reduce, group=group, rank=rank, scatter_size=scatter_size)
+        return self.packed(x, weight, bias)
+
+
+class CpuPackedLinearBuilder(LinearBuilder):
+    @staticmethod
+    def build(in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = None):
+        return CpuPackedLinearImpl()

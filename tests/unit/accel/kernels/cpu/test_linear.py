@@ -1,0 +1,66 @@
+"""oneDNN packed linear: same results as F.linear up to rounding, repacked when the weight changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sagellm.accel.kernels.cpu.linear import PackedLinear, packed_linear_dtypes
+
+needs_onednn = pytest.mark.skipif(torch.float32 not in packed_linear_dtypes(),
+                                  reason="oneDNN packed linear is not available on this CPU build")
+
+
+def _weights(out_features=48, in_features=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(out_features, in_features, generator=generator),
+            torch.randn(out_features, generator=generator))
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(1, 32), (7, 32), (1, 5, 32), (0, 32)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_f_linear_up_to_rounding(shape, with_bias):
+    weight, bias = _weights()
+    bias = bias if with_bias else None
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = PackedLinear()(x, weight, bias)
+    expected = F.linear(x, weight, bias)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_non_contiguous_input():
+    weight, bias = _weights()
+    x = torch.randn(6, 64)[:, ::2]
+    with torch.inference_mode():
+        torch.testing.assert_close(PackedLinear()(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_another_weight_or_an_invalidated_update_is_repacked():
+    layer = PackedLinear()
+    first, _ = _weights(seed=0)
+    second, _ = _weights(seed=2)
+    x = torch.randn(3, 32)
+    with torch.inference_mode():
+        layer(x, first)
+        torch.testing.assert_close(layer(x, second), F.linear(x, second), rtol=1e-5, atol=1e-5)
+        first.copy_(second * 2)  # same tensor, new values: the engine calls update_weights -> invalidate
+        layer(x, first)
+        layer.invalidate()
+        torch.testing.assert_close(layer(x, first), F.linear(x, second * 2), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_dtypes_and_grad_take_f_linear_exactly():
+    layer = PackedLinear()
+    weight, bias = _weights()
+    x = torch.randn(4, 32)
+    assert torch.equal(layer(x.double(), weight.double(), bias.double()), F.linear(x.double(), weight.double(),
+                                                                                  bias.double()))
+    trained = weight.clone().requires_grad_(True)
+    out = layer(x, trained, bias)
+    assert out.requires_grad and torch.equal(out, F.linear(x, trained, bias))
