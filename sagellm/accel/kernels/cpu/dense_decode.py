@@ -117,6 +117,30 @@ class DenseHistory:
         return keys.index_select(0, self.layout.inverse), values.index_select(0, self.layout.inverse)
 
 
+@dataclass(frozen=True)
+class _HeldRows:
+    """What the layer copies of decode step ``step`` hold: row ``r`` the history ``[0, kv_seqlens[r])``
+    of the sequence whose blocks are ``table[r]``."""
+
+    table: torch.Tensor
+    kv_seqlens: torch.Tensor
+    step: int
+
+
+@dataclass(frozen=True)
+class _Carry:
+    """A rebuild that copies ``old_rows`` of the step-``step`` copies into ``new_rows`` (positions
+    below ``copied``) and gathers ``gather_slots`` into (``gather_rows``, ``gather_positions``)."""
+
+    step: int
+    new_rows: torch.Tensor
+    old_rows: torch.Tensor
+    copied: int
+    gather_rows: torch.Tensor
+    gather_positions: torch.Tensor
+    gather_slots: torch.Tensor
+
+
 @dataclass
 class _LayerCopy:
     keys: torch.Tensor  # [batch, kv_heads, capacity, dim], rows longest history first
@@ -148,7 +172,11 @@ class DenseDecodeKV:
     _rebuild_step: int = 0
     _layout: RowLayout | None = field(default=None, repr=False)  # this step's, set by plan()
     _layers: dict = field(default_factory=dict, repr=False)
-    stats: dict = field(default_factory=lambda: {"rebuild": 0, "append": 0, "off": 0})
+    _spares: dict = field(default_factory=dict, repr=False)  # layer -> a former copy whose memory is free
+    _step_of_table: int = 0
+    _held: _HeldRows | None = field(default=None, repr=False)
+    _carry: _Carry | None = field(default=None, repr=False)
+    stats: dict = field(default_factory=lambda: {"rebuild": 0, "append": 0, "off": 0, "carried_rows": 0})
 
     def reset(self) -> None:
         """Forget every copy (the next decode step rebuilds).
@@ -157,12 +185,17 @@ class DenseDecodeKV:
         allocation of this size is a fresh mapping whose page faults measured 1.5-2x the cost of
         the rebuild itself (32 rows x ~400 positions, 4 layers: 9-13 ms reused vs 15-24 ms).
         """
+        self._remember_rows()
         self._table = None
         self._kv_seqlens = None
         self._capacity = 0
         self._layout = None
-        for copy in self._layers.values():
-            copy.step = -1  # stale: only its storage is reused
+
+    def _remember_rows(self) -> None:
+        """Note which history each copy row holds, for a later rebuild to carry rows over."""
+        if self._table is not None:
+            self._held = _HeldRows(table=self._table.index_select(0, self._order),
+                                   kv_seqlens=self._kv_seqlens.index_select(0, self._order), step=self._step_of_table)
 
     def plan(
         self,
@@ -171,6 +204,7 @@ class DenseDecodeKV:
         kv_seqlens: torch.Tensor,
         block_size: int,
         bytes_per_position: int,
+        last_k_cache: torch.Tensor | None = None,
     ) -> DensePlan:
         """Decide, once per forward, whether the layers append, rebuild, or gather as usual.
 
@@ -179,15 +213,24 @@ class DenseDecodeKV:
             block_offsets, kv_seqlens: this step's block table and history lengths.
             block_size: slots per cache block.
             bytes_per_position: bytes one history position takes in all layers' K and V copies.
+            last_k_cache: the last layer's K cache; given, a rebuild carries over the rows of
+                sequences the copies already hold (see :meth:`_carry_rows`).
         """
         self._step += 1
+        self._carry = None
         plan = self._plan(packed, block_offsets, kv_seqlens, block_size, bytes_per_position)
+        if plan is DensePlan.REBUILD and last_k_cache is not None:
+            self._carry = self._carry_rows(packed, block_offsets, kv_seqlens, block_size, bytes_per_position,
+                                           last_k_cache)
         self.stats[plan.value] += 1
+        if self._carry is not None:
+            self.stats["carried_rows"] += int(self._carry.new_rows.numel())
         if plan is DensePlan.OFF:
             self.reset()
         else:
             self._table = block_offsets.clone()
             self._kv_seqlens = kv_seqlens.clone()
+            self._step_of_table = self._step
             grown = self._step - self._rebuild_step  # every history is one token longer per step
             self._layout = RowLayout(
                 order=self._order,
@@ -209,8 +252,7 @@ class DenseDecodeKV:
             capacity = packed.max_kv_len
             if batch * capacity * bytes_per_position > self.budget_bytes:
                 return DensePlan.OFF
-        for copy in self._layers.values():
-            copy.step = -1
+        self._remember_rows()  # the batch changed between two decode steps
         self._capacity = capacity
         self._lay_out_rows(kv_seqlens)
         return DensePlan.REBUILD
@@ -265,10 +307,94 @@ class DenseDecodeKV:
             copy.keys[self._inverse, :, pos] = key.to(k_cache.dtype).to(dtype)
             copy.values[self._inverse, :, pos] = value.to(v_cache.dtype).to(dtype)
             copy.step = self._step
+        elif (self._carry is not None and copy is not None and copy.step == self._carry.step
+              and copy.keys.dtype == dtype):
+            spare = self._spares.get(layer)
+            self._layers[layer] = self._carry_layer(copy, spare, k_cache, v_cache, packed, dtype)
+            self._spares[layer] = copy
+            copy = self._layers[layer]
         else:
             copy = self._rebuild_layer(k_cache, v_cache, block_offsets, kv_seqlens, packed, dtype, reuse=copy)
             self._layers[layer] = copy
         return DenseHistory(keys=copy.keys, values=copy.values, layout=self._layout)
+
+    def _carry_rows(self, packed, block_offsets, kv_seqlens, block_size, bytes_per_position,
+                    last_k_cache) -> _Carry | None:
+        """Match this batch's rows to copy rows that already hold the start of their history.
+
+        A copy row of history length ``n`` serves a new row when the new row's block table starts
+        with the same ``ceil(n / block_size)`` blocks, its history is longer than ``n``, and the last
+        layer's key at position ``n - 1`` in the cache equals the copy's. Block ids alone do not
+        identify a sequence (a finished sequence's blocks go to the next one); the key check does:
+        the last layer's key at a position depends on every token before it, so a block rewritten
+        by another sequence shows there. Rows carried over are copied, the rest gathered.
+        """
+        held = self._held
+        last_copy = self._layers.get(last_k_cache.data_ptr())
+        if (held is None or last_copy is None or last_copy.step != held.step or not last_k_cache.is_contiguous()
+                or 2 * kv_seqlens.numel() * self._capacity * bytes_per_position > self.budget_bytes):
+            return None  # the spare copy must fit the budget beside the current one
+        table = block_offsets.index_select(0, self._order)
+        lengths = kv_seqlens.index_select(0, self._order).tolist()
+        held_lengths = held.kv_seqlens.tolist()
+        held_table = held.table.tolist()
+        by_blocks: dict[tuple, list[int]] = {}
+        for row, length in enumerate(held_lengths):
+            used = (length + block_size - 1) // block_size
+            if length > 0 and used <= len(held_table[row]):
+                by_blocks.setdefault(tuple(held_table[row][:used]), []).append(row)
+        used_counts = sorted({len(key) for key in by_blocks})
+        new_table = table.tolist()
+        pairs = []
+        for row, length in enumerate(lengths):
+            for used in used_counts:
+                rows = by_blocks.get(tuple(new_table[row][:used])) if used <= len(new_table[row]) else None
+                match = next((r for r in rows or () if held_lengths[r] < length), None)
+                if match is not None:
+                    pairs.append((row, match))
+                    by_blocks[tuple(new_table[row][:used])] = [r for r in rows if r != match]
+                    break
+        if not pairs:
+            return None
+        new_rows = torch.tensor([p[0] for p in pairs])
+        old_rows = torch.tensor([p[1] for p in pairs])
+        last = held.kv_seqlens.index_select(0, old_rows).long() - 1
+        slots = table.index_select(0, new_rows).long().gather(1, (last // block_size)[:, None])[:, 0] * block_size
+        slots += last % block_size
+        heads, dim = last_k_cache.shape[2], last_k_cache.shape[3]
+        cached = last_k_cache.reshape(-1, heads, dim).index_select(0, slots).to(last_copy.keys.dtype)
+        same = (cached == last_copy.keys[old_rows, :, last]).flatten(1).all(1)
+        if not bool(same.any()):
+            return None
+        new_rows, old_rows = new_rows[same], old_rows[same]
+        starts = torch.zeros(len(lengths), dtype=torch.long)
+        starts[new_rows] = held.kv_seqlens.index_select(0, old_rows).long()
+        length = packed.max_kv_len
+        need = torch.arange(length)[None, :] >= starts[:, None]  # [rows, length] positions still to gather
+        slot_grid = history_slots(packed, block_offsets, kv_seqlens, block_size).view(-1, length)
+        gather_rows, gather_positions = need.nonzero(as_tuple=True)
+        return _Carry(step=held.step, new_rows=new_rows, old_rows=old_rows, copied=int(starts.max()),
+                      gather_rows=gather_rows, gather_positions=gather_positions,
+                      gather_slots=slot_grid.index_select(0, self._order)[need])
+
+    def _carry_layer(self, old: _LayerCopy, spare: _LayerCopy | None, k_cache, v_cache, packed, dtype) -> _LayerCopy:
+        """This layer's copy from ``old``'s carried rows plus a gather of everything else."""
+        carry = self._carry
+        batch, length = self._order.numel(), packed.max_kv_len
+        spares = (spare.keys, spare.values) if spare is not None else (None, None)
+        tensors = []
+        for cache, held, memory in zip((k_cache, v_cache), (old.keys, old.values), spares):
+            heads, dim = cache.shape[2], cache.shape[3]
+            dense = _buffer(memory, (batch, heads, max(self._capacity, length), dim), dtype, cache.device)
+            dense[:, :, length:].zero_()
+            dense[:, :, : carry.copied].index_copy_(0, carry.new_rows,
+                                                     held[:, :, : carry.copied].index_select(0, carry.old_rows))
+            flat = cache.reshape(-1, heads, dim) if cache.is_contiguous() else None
+            slots = carry.gather_slots
+            rows = flat.index_select(0, slots) if flat is not None else cache[slots // cache.size(1), slots % cache.size(1)]
+            dense[carry.gather_rows, :, carry.gather_positions] = rows.to(dtype)
+            tensors.append(dense)
+        return _LayerCopy(*tensors, step=self._step)
 
     def _rebuild_layer(self, k_cache, v_cache, block_offsets, kv_seqlens, packed, dtype,
                        reuse: _LayerCopy | None = None) -> _LayerCopy:

@@ -71,5 +71,5 @@ def plan_step(step_context, packed: PackedBatch) -> tuple[DenseDecodeKV | None, 
     itemsize = torch.empty((), dtype=step_context.model_config.dtype).element_size()
     per_position = sum(k.shape[2] * k.shape[3] + v.shape[2] * v.shape[3] for k, v, *_ in kv_caches) * itemsize
     plan = dense.plan(packed, step_context.block_offsets, step_context.kv_seqlens, kv_caches[0][0].size(1),
-                      per_position)
+                      per_position, last_k_cache=kv_caches[-1][0])
     return dense, plan

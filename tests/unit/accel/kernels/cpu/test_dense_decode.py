@@ -32,7 +32,7 @@ def test_plans_follow_the_decode_batch():
     assert _plan(dense, [1, 1], [6, 7], [[3, 5, 11], [8, 9, 0]]) is DensePlan.REBUILD  # a history block changed
     assert _plan(dense, [1, 1], [8, 8], [[3, 5, 11], [8, 9, 0]]) is DensePlan.REBUILD  # not one token further
     assert _plan(dense, [1], [9], [[3, 5, 11]]) is DensePlan.REBUILD  # another batch
-    assert dense.stats == {"off": 1, "rebuild": 4, "append": 2}
+    assert dense.stats == {"off": 1, "rebuild": 4, "append": 2, "carried_rows": 0}
 
 
 def test_capacity_and_budget():
@@ -132,3 +132,71 @@ def test_a_layer_that_missed_a_step_rebuilds():
     assert plan is DensePlan.APPEND
     keys, _ = history.batch_order(packed.max_kv_len)
     assert torch.equal(keys[0].transpose(0, 1), gather_history(k_cache, table, kv, packed)[0])
+
+
+class _TwoLayerEngine:
+    """Two layers of paged K/V caches (never-written slots NaN) fed like the engine feeds them."""
+
+    def __init__(self, dense):
+        self.dense = dense
+        self.caches = [(torch.full((32, BLOCK, KV_HEADS, DIM), float("nan")),
+                        torch.full((32, BLOCK, KV_HEADS, DIM), float("nan"))) for _ in range(2)]
+
+    def prefill(self, table, lengths):
+        q = torch.tensor(lengths)
+        packed = pack_batch(q, q, q.cumsum(0) - q)
+        assert self.dense.plan(packed, table, q, BLOCK, PER_POSITION, last_k_cache=self.caches[-1][0]) is DensePlan.OFF
+        for k_cache, v_cache in self.caches:
+            fill_kv_cache(torch.randn(int(q.sum()), KV_HEADS, DIM), torch.randn(int(q.sum()), KV_HEADS, DIM),
+                          k_cache, v_cache, table, packed)
+
+    def decode(self, table, kv):
+        ones = torch.ones(kv.numel(), dtype=torch.long)
+        packed = pack_batch(ones, kv, torch.arange(kv.numel()))
+        plan = self.dense.plan(packed, table, kv, BLOCK, PER_POSITION, last_k_cache=self.caches[-1][0])
+        for k_cache, v_cache in self.caches:
+            key, value = torch.randn(kv.numel(), KV_HEADS, DIM), torch.randn(kv.numel(), KV_HEADS, DIM)
+            fill_kv_cache(key, value, k_cache, v_cache, table, packed)
+            history = self.dense.layer_history(plan, k_cache, v_cache, key, value, table, kv, packed, torch.float32)
+            valid = torch.arange(packed.max_kv_len)[None, :] < kv[:, None]
+            for dense_kv, cache in zip(history.batch_order(packed.max_kv_len), (k_cache, v_cache)):
+                gathered = gather_history(cache, table, kv, packed)  # [b, L, heads, dim]
+                assert torch.equal(dense_kv.transpose(1, 2)[valid], gathered[valid])
+            assert bool(torch.isfinite(history.keys).all() and torch.isfinite(history.values).all())
+        return plan
+
+
+def test_a_rebuild_carries_over_rows_it_holds_and_gathers_the_rest():
+    torch.manual_seed(0)
+    dense = DenseDecodeKV(budget_bytes=1 << 20, headroom=2)
+    engine = _TwoLayerEngine(dense)
+    table = torch.tensor([[9, 2, 14, 0], [4, 11, 6, 0], [13, 1, 8, 3]]).int()
+    kv = torch.tensor([2, 5, 3])
+    engine.prefill(table, kv.tolist())
+    for _ in range(3):
+        kv = kv + 1
+        engine.decode(table, kv)
+    # sequence 1 finished; a new sequence (blocks 20, 21) is prefilled, then decodes with 0 and 2
+    engine.prefill(torch.tensor([[20, 21, 0, 0]]).int(), [6])
+    table = torch.tensor([[9, 2, 14, 0], [20, 21, 0, 0], [13, 1, 8, 3]]).int()
+    kv = torch.tensor([kv[0] + 1, 7, kv[2] + 1])
+    assert engine.decode(table, kv) is DensePlan.REBUILD
+    assert dense.stats["carried_rows"] == 2
+    kv = kv + 1
+    assert engine.decode(table, kv) is DensePlan.APPEND
+
+
+def test_blocks_handed_to_another_sequence_are_gathered_not_carried():
+    torch.manual_seed(1)
+    dense = DenseDecodeKV(budget_bytes=1 << 20, headroom=2)
+    engine = _TwoLayerEngine(dense)
+    table = torch.tensor([[5, 6, 7], [8, 9, 10]]).int()
+    kv = torch.tensor([5, 6])
+    engine.prefill(table, kv.tolist())
+    kv = kv + 1
+    engine.decode(table, kv)
+    # sequence 0 finished and a new one got exactly its blocks, with other content and a longer prompt
+    engine.prefill(torch.tensor([[5, 6, 7]]).int(), [8])
+    kv = torch.tensor([8, int(kv[1]) + 1])
+    assert engine.decode(table, kv) is DensePlan.REBUILD
+    assert dense.stats["carried_rows"] == 1  # only sequence 1
