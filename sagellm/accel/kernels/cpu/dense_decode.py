@@ -28,12 +28,13 @@ together); over budget, the plan is ``off`` and attention gathers as usual.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
-from sagellm.accel.kernels.cpu.packed_batch import PackedBatch, history_slots
+from sagellm.accel.kernels.cpu.packed_batch import PackedBatch, history_slots, read_slots
 
 
 class DensePlan(str, Enum):
@@ -334,7 +335,7 @@ class DenseDecodeKV:
         """
         held = self._held
         last_copy = self._layers.get(last_k_cache.data_ptr())
-        if (held is None or last_copy is None or last_copy.step != held.step or not last_k_cache.is_contiguous()
+        if (held is None or last_copy is None or last_copy.step != held.step
                 or 2 * kv_seqlens.numel() * self._capacity * bytes_per_position > self.budget_bytes):
             return None  # the spare copy must fit the budget beside the current one
         table = block_offsets.index_select(0, self._order)
@@ -361,17 +362,17 @@ class DenseDecodeKV:
             return None
         new_rows = torch.tensor([p[0] for p in pairs])
         old_rows = torch.tensor([p[1] for p in pairs])
-        last = held.kv_seqlens.index_select(0, old_rows).long() - 1
+        held_length = held.kv_seqlens.index_select(0, old_rows).long()
+        last = held_length - 1
         slots = table.index_select(0, new_rows).long().gather(1, (last // block_size)[:, None])[:, 0] * block_size
         slots += last % block_size
-        heads, dim = last_k_cache.shape[2], last_k_cache.shape[3]
-        cached = last_k_cache.reshape(-1, heads, dim).index_select(0, slots).to(last_copy.keys.dtype)
+        cached = read_slots(last_k_cache, slots).to(last_copy.keys.dtype)
         same = (cached == last_copy.keys[old_rows, :, last]).flatten(1).all(1)
         if not bool(same.any()):
             return None
         new_rows, old_rows = new_rows[same], old_rows[same]
         starts = torch.zeros(len(lengths), dtype=torch.long)
-        starts[new_rows] = held.kv_seqlens.index_select(0, old_rows).long()
+        starts[new_rows] = held_length[same]
         length = packed.max_kv_len
         need = torch.arange(length)[None, :] >= starts[:, None]  # [rows, length] positions still to gather
         slot_grid = history_slots(packed, block_offsets, kv_seqlens, block_size).view(-1, length)
@@ -392,10 +393,7 @@ class DenseDecodeKV:
             dense[:, :, length:].zero_()
             dense[:, :, : carry.copied].index_copy_(0, carry.new_rows,
                                                      held[:, :, : carry.copied].index_select(0, carry.old_rows))
-            flat = cache.reshape(-1, heads, dim) if cache.is_contiguous() else None
-            slots = carry.gather_slots
-            rows = flat.index_select(0, slots) if flat is not None else cache[slots // cache.size(1), slots % cache.size(1)]
-            dense[carry.gather_rows, :, carry.gather_positions] = rows.to(dtype)
+            dense[carry.gather_rows, :, carry.gather_positions] = read_slots(cache, carry.gather_slots).to(dtype)
             tensors.append(dense)
         return _LayerCopy(*tensors, step=self._step)
 
@@ -415,9 +413,7 @@ class DenseDecodeKV:
             # positions past the longest history must be finite (they are masked out, and 0 * NaN is
             # NaN); the gather writes every position before it (padding reads the row's position 0)
             dense[:, :, length:].zero_()
-            flat = cache.reshape(-1, heads, dim) if cache.is_contiguous() else None
-            rows = flat.index_select(0, slots) if flat is not None else cache[slots // block_size, slots % block_size]
-            dense[:, :, :length] = rows.view(batch, length, heads, dim).transpose(1, 2)
+            dense[:, :, :length] = read_slots(cache, slots).view(batch, length, heads, dim).transpose(1, 2)
             tensors.append(dense)
         return _LayerCopy(*tensors, step=self._step)
 
@@ -425,10 +421,7 @@ class DenseDecodeKV:
 def _buffer(previous: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
             device: torch.device) -> torch.Tensor:
     """A tensor of ``shape`` over ``previous``'s storage when it is large enough, else a new one."""
-    numel = 1
-    for size in shape:
-        numel *= size
     if (previous is not None and previous.dtype == dtype and previous.device == device
-            and previous.untyped_storage().nbytes() >= numel * previous.element_size()):
+            and previous.untyped_storage().nbytes() >= math.prod(shape) * previous.element_size()):
         return previous.new_empty(0).set_(previous.untyped_storage(), 0, shape)
     return torch.empty(shape, dtype=dtype, device=device)

@@ -125,6 +125,22 @@ def history_slots(
     return _memo(packed, ("history_slots", block_size), build)
 
 
+def slot_view(cache: torch.Tensor) -> torch.Tensor | None:
+    """``cache`` viewed as ``[num_blocks * block_size, ...]`` slots, or None when it cannot be a view."""
+    if not cache.is_contiguous():
+        return None
+    return cache.view(cache.size(0) * cache.size(1), *cache.shape[2:])
+
+
+def read_slots(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``[len(slots), ...]``: the cache entries at flat slots (``block * block_size + offset``)."""
+    flat = slot_view(cache)
+    if flat is not None:
+        return flat.index_select(0, slots)
+    block_size = cache.size(1)
+    return cache[slots // block_size, slots % block_size]
+
+
 def history_valid(packed: PackedBatch, kv_seqlens: torch.Tensor) -> torch.Tensor:
     """[batch, max_kv_len] True where a history position exists (< kv_seqlens[b])."""
 

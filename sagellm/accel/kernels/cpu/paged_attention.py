@@ -45,6 +45,8 @@ from sagellm.accel.kernels.cpu.packed_batch import (
     attention_mask,
     history_slots,
     pack_batch,
+    read_slots,
+    slot_view,
     token_cache_slots,
 )
 from sagellm.accel.quantization.fp8 import FP8_DTYPES
@@ -61,13 +63,6 @@ __all__ = [
 ]
 
 _FP8 = frozenset(FP8_DTYPES.values())
-
-
-def _flat(cache: torch.Tensor) -> torch.Tensor | None:
-    """``cache`` viewed as ``[num_blocks * block_size, ...]`` slots, or None when it cannot be a view."""
-    if not cache.is_contiguous():
-        return None
-    return cache.view(cache.size(0) * cache.size(1), *cache.shape[2:])
 
 
 def fill_kv_cache(
@@ -96,7 +91,7 @@ def fill_kv_cache(
         states = states.to(cache.dtype)
         if cache.dtype in _FP8:  # torch's CPU index_copy_ has no float8 kernel: copy the bytes
             states, cache = states.view(torch.uint8), cache.view(torch.uint8)
-        flat = _flat(cache)
+        flat = slot_view(cache)
         if flat is not None:
             flat.index_copy_(0, slots, states)
         else:
@@ -116,11 +111,8 @@ def gather_history(
     cache: torch.Tensor, block_offsets: torch.Tensor, kv_seqlens: torch.Tensor, packed: PackedBatch
 ) -> torch.Tensor:
     """[batch, max_kv_len, kv_heads, dim]: each sequence's history; padded positions repeat its position 0."""
-    block_size = cache.size(1)
-    slots = history_slots(packed, block_offsets, kv_seqlens, block_size)
-    flat = _flat(cache)
-    rows = flat.index_select(0, slots) if flat is not None else cache[slots // block_size, slots % block_size]
-    return rows.view(kv_seqlens.numel(), packed.max_kv_len, *cache.shape[2:])
+    slots = history_slots(packed, block_offsets, kv_seqlens, cache.size(1))
+    return read_slots(cache, slots).view(kv_seqlens.numel(), packed.max_kv_len, *cache.shape[2:])
 
 
 def gather_dequantized(
