@@ -7,6 +7,8 @@
 #   4. LMDeploy v0.11.0 fetched from PyPI, checksum-verified, patched into third_party/lmdeploy
 #   5. patched LMDeploy and sagellm installed editable into .venv
 #   6. a check that `import lmdeploy` resolves to third_party/lmdeploy
+#   7. sagellm's native cpu kernels compiled for this machine (optional: without a C++ compiler the
+#      torch kernels serve; the engine builds them on first use otherwise)
 #
 # Environment: PYTHON (interpreter for the venv, default python3), SAGELLM_TORCH_SPEC (pip spec for torch),
 # SAGELLM_CACHE_DIR (downloads and models, default ~/.cache/sagellm).
@@ -17,7 +19,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
-STEPS=6
+STEPS=7
 step() { printf '\n[setup %s/%s] %s\n' "$1" "$STEPS" "$2"; }
 # Each pip stage runs only when its inputs changed since the last successful run.
 stamp_ok() { [ -f "$VENV/.sagellm-$1" ] && [ "$(cat "$VENV/.sagellm-$1")" = "$2" ]; }
@@ -84,5 +86,8 @@ if tree != expected:
     raise SystemExit(f"import lmdeploy resolves to {tree}, expected the patched tree {expected}")
 print(f"lmdeploy {lmdeploy.__version__} from {tree}; sagellm {sagellm.__version__}")
 EOF
+step 7 "native cpu kernels (C++, cached per machine under \${SAGELLM_CACHE_DIR:-~/.cache/sagellm}/kernels)"
+"$VPY" -m sagellm.accel.kernels.cpu.native || echo "continuing without them: the cpu device uses its torch kernels"
+
 echo
 echo "sagellm is set up. Activate with: source .venv/bin/activate"

@@ -9,9 +9,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sagellm.core.paths import cache_root
+
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SAGELLM_CACHE_DIR") or Path.home() / ".cache" / "sagellm")
+    return cache_root()
 
 
 def engines_dir() -> Path:

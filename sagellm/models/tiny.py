@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sagellm.core.paths import cache_root
 from sagellm.models.corpus import CORPUS_VERSION
 from sagellm.models.tokenizer import MIN_VOCAB_SIZE, SPECIAL_TOKENS
 
@@ -255,11 +256,6 @@ def _special_id(token: str) -> int:
 
 
 # ---- default model ---------------------------------------------------------------------------
-def cache_root() -> Path:
-    """``$SAGELLM_CACHE_DIR`` or ``~/.cache/sagellm``."""
-    return Path(os.environ.get("SAGELLM_CACHE_DIR") or Path.home() / ".cache" / "sagellm")
-
-
 def default_model_path(spec: TinyModelSpec | None = None) -> Path:
     """Where the default model lives: ``<cache>/models/tiny-<arch>-v<format>-<spechash>``.
 

@@ -48,12 +48,21 @@ def engine_greedy(pipe, prompts: list[str], max_new_tokens: int) -> tuple[list[l
     return prompt_ids, [list(response.token_ids) for response in responses]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=[("llama", "native"), ("llama", "torch"), ("qwen2", "native")],
+                ids=lambda p: "-".join(p))
 def model_and_pipe(request, tiny_model_dir):
-    model_dir = tiny_model_dir(request.param)
-    pipe = build_pipeline(model_dir)
-    yield model_dir, pipe
-    pipe.close()
+    """A pipeline per model and decode attention kernel (the native C++ one, or the torch kernels)."""
+    from sagellm.engines.lmdeploy.cpu.config import cpu_device_config
+
+    arch, kernel = request.param
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SAGELLM_CPU_NATIVE_KERNELS", "1" if kernel == "native" else "0")
+        cpu_device_config.cache_clear()
+        model_dir = tiny_model_dir(arch)
+        pipe = build_pipeline(model_dir)
+        yield model_dir, pipe
+        pipe.close()
+    cpu_device_config.cache_clear()  # later tests read the environment again
 
 
 def test_single_prompt_matches_transformers(model_and_pipe):

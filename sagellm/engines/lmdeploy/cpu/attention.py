@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from lmdeploy.pytorch.backends.attention import AttentionBuilder, AttentionImpl, AttentionMetadata
 
+from sagellm.accel.kernels.cpu.native.attention import decode_supported, paged_decode_attention
+from sagellm.engines.lmdeploy.cpu.step_state import NativeDecode
 from sagellm.accel.kernels.cpu import (
     DenseDecodeKV,
     DensePlan,
@@ -33,6 +35,7 @@ class CpuAttentionMetadata(AttentionMetadata):
     packed: PackedBatch = None
     dense: DenseDecodeKV = None  # the engine's dense decode history, when this step uses it
     dense_plan: DensePlan = DensePlan.OFF
+    native: NativeDecode = None  # this decode step's native-kernel inputs, when it uses the native kernel
 
 
 class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
@@ -65,6 +68,14 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
         has_new = key is not None and value is not None
         if has_new:
             fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed, quant=quant)
+        native = attn_metadata.native
+        if (native is not None and has_new and self.causal and packed.is_decode
+                and decode_supported(query, k_cache, v_cache)):
+            return paged_decode_attention(
+                native.kernels, query, k_cache, v_cache, native.block_table, native.kv_seqlens,
+                scale=self.scale, sliding_window=self.sliding_window,
+                logit_softcapping=self.logit_softcapping, sinks=learnable_sink,
+            )
         history = None
         if attn_metadata.dense is not None and attn_metadata.dense_plan is not DensePlan.OFF and has_new:
             history = attn_metadata.dense.layer_history(

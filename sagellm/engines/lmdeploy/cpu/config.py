@@ -27,6 +27,12 @@ class CpuDeviceConfig:
         metadata={"help": "MiB a decode batch's dense KV copy may take (all layers, K and V); it spares "
                           "re-gathering the paged history at every decode step; 0 turns it off"},
     )
+    cpu_native_kernels: bool = field(
+        default=True,
+        metadata={"help": "decode attention runs on sagellm's C++ kernel straight over the paged cache "
+                          "(built once per machine with its C++ compiler, ~3 s; without a compiler or on a "
+                          "failed build the torch kernels serve, with a warning); off: torch kernels"},
+    )
     cpu_packed_linear: bool = field(
         default=True,
         metadata={"help": "dense linear layers run on oneDNN with their weights packed once (x86 CPUs; "

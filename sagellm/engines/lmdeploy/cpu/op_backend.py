@@ -6,9 +6,9 @@ import torch
 from lmdeploy.pytorch.backends.base import OpType
 from lmdeploy.pytorch.backends.default import DefaultOpsBackend
 
-from sagellm.accel.kernels.cpu import pack_batch
+from sagellm.accel.kernels.cpu import DensePlan, pack_batch
 from sagellm.engines.lmdeploy.cpu.config import cpu_device_config
-from sagellm.engines.lmdeploy.cpu.step_state import plan_step, thread_policy
+from sagellm.engines.lmdeploy.cpu.step_state import native_decode, plan_step, thread_policy
 
 # weight-quantized layers (sagellm.engines.lmdeploy.cpu.quant_linear): AWQ W4/W8, SmoothQuant int8 run weight-only
 _QUANT_BUILDERS = {
@@ -48,7 +48,8 @@ class CpuOpsBackend(DefaultOpsBackend):
     @classmethod
     def update_step_context(cls, step_context):
         """Once per forward: thread count, attention metadata with the packed-batch indices every layer reuses,
-        and whether the layers keep their dense decode history (``sagellm.accel.kernels.cpu.dense_decode``)."""
+        and how decode attention reads the history: the native kernel straight from the cache, else the layers'
+        dense decode history (``sagellm.accel.kernels.cpu.dense_decode``)."""
         torch.set_num_threads(thread_policy(step_context.model_config).threads_for(step_context.input_ids.numel()))
         q_seqlens = step_context.q_seqlens
         kv_seqlens = step_context.kv_seqlens
@@ -59,7 +60,8 @@ class CpuOpsBackend(DefaultOpsBackend):
             kv_start_loc = kv_seqlens.cumsum(0) - kv_seqlens
             kv_flatten_size = step_context.sum_kv_seqlen
         packed = pack_batch(q_seqlens, kv_seqlens, q_start_loc)
-        dense, plan = plan_step(step_context, packed)
+        native = native_decode(step_context, packed)
+        dense, plan = (None, DensePlan.OFF) if native is not None else plan_step(step_context, packed)
         step_context.attn_metadata = cls.get_attention_metadata_cls()(
             step_context.is_decoding,
             step_context.block_offsets,
@@ -72,6 +74,7 @@ class CpuOpsBackend(DefaultOpsBackend):
             packed=packed,
             dense=dense,
             dense_plan=plan,
+            native=native,
         )
         if step_context.cross_seqlens is not None:
             raise NotImplementedError("cross-attention (encoder-decoder) models are not available on the cpu device")

@@ -2,7 +2,9 @@
 
 * :func:`thread_policy`: intra-op threads of a forward (``threads.py``), from the model's shape
   and ``CpuDeviceConfig``.
-* :func:`plan_step`: whether this forward's layers append to, rebuild, or skip their dense decode
+* :func:`native_decode`: whether a decode forward's attention runs on the native kernel straight
+  over the paged cache (``sagellm.accel.kernels.cpu.native``); such a step keeps no dense copy.
+* :func:`plan_step`: otherwise, whether this forward's layers append to, rebuild, or skip their dense decode
   history (``sagellm.accel.kernels.cpu.dense_decode``). One :class:`DenseDecodeKV` per engine KV
   cache, found by the cache tensor's identity and dropped once the cache is gone.
 """
@@ -10,10 +12,12 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 
 from sagellm.accel.kernels.cpu import DenseDecodeKV, DensePlan, PackedBatch
+from sagellm.accel.kernels.cpu.native import NativeKernels, native_kernels
 from sagellm.engines.lmdeploy.cpu.config import cpu_device_config, usable_cores
 from sagellm.engines.lmdeploy.cpu.threads import ThreadPolicy, flop_per_token
 
@@ -22,6 +26,15 @@ _MIB = 1 << 20
 # first layer's K cache data pointer -> (weak reference to that tensor, its engine's dense history)
 _dense_by_cache: dict[int, tuple[weakref.ref, DenseDecodeKV]] = {}
 _policies: dict[tuple, ThreadPolicy] = {}
+
+
+@dataclass(frozen=True)
+class NativeDecode:
+    """What every layer of a decode forward passes the native kernel: int32 block table and lengths."""
+
+    kernels: NativeKernels
+    block_table: torch.Tensor
+    kv_seqlens: torch.Tensor
 
 
 def thread_policy(model_config) -> ThreadPolicy:
@@ -60,6 +73,21 @@ def dense_history(kv_caches) -> DenseDecodeKV | None:
     if entry is None or entry[0]() is not first:
         entry = _dense_by_cache[first.data_ptr()] = (weakref.ref(first), DenseDecodeKV(budget_bytes=budget))
     return entry[1]
+
+
+def native_decode(step_context, packed: PackedBatch) -> NativeDecode | None:
+    """The native decode-attention inputs of this forward, or None (not a decode step, quantized KV,
+    native kernels off or unavailable)."""
+    if not packed.is_decode or step_context.kv_quant_policy or not cpu_device_config().cpu_native_kernels:
+        return None
+    kernels = native_kernels()
+    if kernels is None:
+        return None
+    return NativeDecode(
+        kernels=kernels,
+        block_table=step_context.block_offsets.to(torch.int32).contiguous(),
+        kv_seqlens=step_context.kv_seqlens.to(torch.int32).contiguous(),
+    )
 
 
 def plan_step(step_context, packed: PackedBatch) -> tuple[DenseDecodeKV | None, DensePlan]:

@@ -95,3 +95,25 @@ def test_linear_layers_take_the_packed_builder_unless_turned_off(monkeypatch, pa
         with torch.inference_mode():
             torch.testing.assert_close(impl.forward(x, weight), torch.nn.functional.linear(x, weight),
                                        rtol=1e-5, atol=1e-5)
+
+
+def test_decode_steps_take_the_native_kernel_unless_quantized_prefill_or_off(monkeypatch):
+    sentinel = object()
+    monkeypatch.setattr(step_state, "native_kernels", lambda: sentinel)
+    monkeypatch.setattr(step_state, "cpu_device_config", lambda: CpuDeviceConfig())
+    caches = _caches()
+    table = torch.tensor([[1, 2], [3, 4]])
+    kv = torch.tensor([3, 5])
+    decode = pack_batch(torch.ones(2, dtype=torch.long), kv, torch.arange(2))
+    native = step_state.native_decode(_step_context(caches, kv, table), decode)
+    assert native.kernels is sentinel
+    assert native.block_table.dtype == torch.int32 and native.block_table.tolist() == [[1, 2], [3, 4]]
+    assert native.kv_seqlens.dtype == torch.int32 and native.kv_seqlens.tolist() == [3, 5]
+    assert step_state.native_decode(_step_context(caches, kv, table, quant_policy=8), decode) is None
+    prefill = pack_batch(torch.tensor([2, 1]), kv, torch.tensor([0, 2]))
+    assert step_state.native_decode(_step_context(caches, kv, table), prefill) is None
+    monkeypatch.setattr(step_state, "cpu_device_config", lambda: CpuDeviceConfig(cpu_native_kernels=False))
+    assert step_state.native_decode(_step_context(caches, kv, table), decode) is None
+    monkeypatch.setattr(step_state, "cpu_device_config", lambda: CpuDeviceConfig())
+    monkeypatch.setattr(step_state, "native_kernels", lambda: None)  # no compiler / failed build
+    assert step_state.native_decode(_step_context(caches, kv, table), decode) is None
