@@ -29,9 +29,10 @@ class CpuDeviceConfig:
     )
     cpu_native_kernels: bool = field(
         default=True,
-        metadata={"help": "decode attention runs on sagellm's C++ kernel straight over the paged cache "
-                          "(built once per machine with its C++ compiler, ~3 s; without a compiler or on a "
-                          "failed build the torch kernels serve, with a warning); off: torch kernels"},
+        metadata={"help": "decode attention (straight over the paged cache), float32 RMSNorm and rotary "
+                          "embedding run on sagellm's C++ kernels (built once per machine with its C++ "
+                          "compiler, ~3 s; without a compiler or on a failed build the torch kernels serve, "
+                          "with a warning); off: torch kernels"},
     )
     cpu_packed_linear: bool = field(
         default=True,

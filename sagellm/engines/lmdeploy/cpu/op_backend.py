@@ -1,4 +1,5 @@
-"""LMDeploy ``OpsBackend`` for the CPU device: the default (pure torch) ops plus paged attention."""
+"""LMDeploy ``OpsBackend`` for the CPU device: the default (pure torch) ops plus paged attention, oneDNN
+packed linears and, where sagellm's native kernels built, native RMSNorm and rotary embedding."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from lmdeploy.pytorch.backends.base import OpType
 from lmdeploy.pytorch.backends.default import DefaultOpsBackend
 
 from sagellm.accel.kernels.cpu import DensePlan, pack_batch
+from sagellm.accel.kernels.cpu.native import native_kernels
 from sagellm.engines.lmdeploy.cpu.config import cpu_device_config
 from sagellm.engines.lmdeploy.cpu.step_state import native_decode, plan_step, thread_policy
 
@@ -29,6 +31,12 @@ class CpuOpsBackend(DefaultOpsBackend):
             from sagellm.engines.lmdeploy.cpu.attention import CpuPagedAttentionBuilder
 
             return CpuPagedAttentionBuilder
+        if layer_type in (OpType.RMSNorm, OpType.ApplyRotaryEmb) and cpu_device_config().cpu_native_kernels:
+            kernels = native_kernels()
+            if kernels is not None:
+                from sagellm.engines.lmdeploy.cpu import rowwise
+
+                return (rowwise.rms_norm_builder if layer_type == OpType.RMSNorm else rowwise.rotary_builder)(kernels)
         if layer_type == OpType.Linear and cpu_device_config().cpu_packed_linear:
             from sagellm.engines.lmdeploy.cpu.linear import CpuPackedLinearBuilder
 

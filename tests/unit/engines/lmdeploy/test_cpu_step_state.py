@@ -117,3 +117,40 @@ def test_decode_steps_take_the_native_kernel_unless_quantized_prefill_or_off(mon
     monkeypatch.setattr(step_state, "cpu_device_config", lambda: CpuDeviceConfig())
     monkeypatch.setattr(step_state, "native_kernels", lambda: None)  # no compiler / failed build
     assert step_state.native_decode(_step_context(caches, kv, table), decode) is None
+
+
+@pytest.mark.parametrize("native_on, available", [(True, True), (False, True), (True, False)])
+def test_norm_and_rotary_take_the_native_builders_when_on_and_built(monkeypatch, native_on, available):
+    from lmdeploy.pytorch.backends.base import OpType
+    from lmdeploy.pytorch.backends.default.apply_rotary_emb import DefaultApplyRotaryEmbBuilder
+    from lmdeploy.pytorch.backends.default.norm import DefaultRMSNormBuilder
+
+    from sagellm.accel.kernels.cpu import native
+    from sagellm.engines.lmdeploy.cpu import op_backend
+    from sagellm.engines.lmdeploy.cpu.rowwise import CpuApplyRotaryEmbImpl, CpuRMSNormImpl
+
+    if available and native.compiler() is None:
+        pytest.skip("no C++ compiler on this machine")
+    config = load_config(CpuDeviceConfig, env={"SAGELLM_CPU_NATIVE_KERNELS": "1" if native_on else "0"})
+    monkeypatch.setattr(op_backend, "cpu_device_config", lambda: config)
+    kernels = native.NativeKernels(native.build()) if available else None
+    monkeypatch.setattr(op_backend, "native_kernels", lambda: kernels)
+    norm = op_backend.CpuOpsBackend.get_layer_impl_builder(OpType.RMSNorm)
+    rotary = op_backend.CpuOpsBackend.get_layer_impl_builder(OpType.ApplyRotaryEmb)
+    if not (native_on and available):
+        assert (norm, rotary) == (DefaultRMSNormBuilder, DefaultApplyRotaryEmbBuilder)
+        return
+    norm_impl, rotary_impl = norm.build(8, 1e-5), rotary.build()
+    assert isinstance(norm_impl, CpuRMSNormImpl) and isinstance(rotary_impl, CpuApplyRotaryEmbImpl)
+    x, weight = torch.randn(3, 8), torch.randn(8)
+    want = weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    torch.testing.assert_close(norm_impl.forward(x, weight), want, rtol=2e-6, atol=1e-6)
+    half = x.to(torch.bfloat16)  # not a dtype the kernel takes: LMDeploy's default serves it
+    torch.testing.assert_close(norm_impl.forward(half, weight.to(torch.bfloat16)).float(), want, rtol=0, atol=5e-2)
+    q, k = torch.randn(3, 2, 8), torch.randn(3, 1, 8)
+    cos, sin = torch.rand(3, 8), torch.rand(3, 8)
+    q_out, k_out = rotary_impl.forward(q, k, cos, sin, inplace=False)
+    assert q_out.data_ptr() != q.data_ptr()
+    rot = lambda t: torch.cat([-t[..., 4:], t[..., :4]], -1)  # noqa: E731
+    assert torch.equal(q_out, q * cos[:, None] + rot(q) * sin[:, None])
+    assert torch.equal(k_out, k * cos[:, None] + rot(k) * sin[:, None])

@@ -33,11 +33,12 @@ from sagellm.core.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("decode_attention.cpp",)
+SOURCES = ("decode_attention.cpp", "elementwise.cpp")
 #: Must equal ``sagellm_cpu_abi_version()`` of the sources.
-ABI_VERSION = 1
+ABI_VERSION = 2
 LIBRARY_NAME = "libsagellm_cpu.so"
-BASE_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp")
+# -ffp-contract=off: a product then a sum round twice, like the separate torch ops they replace
+BASE_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off")
 #: Tried in order: the first set the compiler accepts wins.
 TARGET_FLAGS = (("-march=native",), ())
 ENV_SWITCH = "SAGELLM_CPU_NATIVE_KERNELS"
@@ -149,6 +150,14 @@ class NativeKernels:
         decode.argtypes = [ptr] * 7 + [i64] * 13 + [ctypes.c_float, ctypes.c_float, i64, ctypes.c_int, ctypes.c_int]
         decode.restype = ctypes.c_int
         self.paged_decode_attention = decode
+        rms = self._lib.sagellm_rms_norm
+        rms.argtypes = [ptr, i64, ptr, i64, ptr, ptr, i64, ptr, i64, i64, i64, ctypes.c_float]
+        rms.restype = None
+        self.rms_norm = rms
+        rotary = self._lib.sagellm_rotary_inplace
+        rotary.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, i64]
+        rotary.restype = None
+        self.rotary_inplace = rotary
 
 
 @functools.lru_cache(maxsize=1)

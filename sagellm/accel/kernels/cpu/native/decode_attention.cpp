@@ -148,7 +148,7 @@ void decode_all(const DecodeArgs& a) {
 extern "C" {
 
 // Version of this C ABI; the Python side refuses a library built from another one.
-int sagellm_cpu_abi_version() { return 1; }
+int sagellm_cpu_abi_version() { return 2; }
 
 // cache_dtype: 0 float32, 1 bfloat16, 2 float16. Returns 0, or -1 for an unknown dtype.
 int sagellm_paged_decode_attention(

@@ -118,7 +118,7 @@ def test_build_is_cached_and_keyed_by_source(tmp_path, monkeypatch):
     assert native.NativeKernels(first).path == first
     monkeypatch.setattr(native, "ABI_VERSION", native.ABI_VERSION + 1)
     assert native.library_path(native.compiler()) != first  # another key, another folder
-    with pytest.raises(native.NativeBuildError, match="C ABI version 1, this sagellm needs 2"):
+    with pytest.raises(native.NativeBuildError, match="C ABI version 2, this sagellm needs 3"):
         native.NativeKernels(first)
 
 
@@ -143,9 +143,58 @@ def test_compile_errors_are_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("SAGELLM_CACHE_DIR", str(tmp_path))
     sources = tmp_path / "src"
     sources.mkdir()
-    (sources / "decode_attention.cpp").write_text("this is not C++\n")
+    for name in native.SOURCES:
+        (sources / name).write_text("this is not C++\n")
     monkeypatch.setattr(native, "source_dir", lambda: sources)
     with pytest.raises(native.NativeBuildError, match="building the native cpu kernels failed") as failure:
         native.build()
     assert "this is not C++" in str(failure.value) or "error" in str(failure.value)
     assert not list((tmp_path / "kernels").rglob("*.so"))  # no half-written library left behind
+
+
+def _default_rms_norm(x, weight, eps, residual=None):
+    """LMDeploy's default RMSNorm, op for op."""
+    if residual is not None:
+        x = x + residual
+        residual = x
+    variance = x.pow(2).mean(-1, keepdim=True)
+    out = weight * (x * torch.rsqrt(variance + eps))
+    return out if residual is None else (out, residual)
+
+
+def test_rms_norm_matches_the_torch_ops(kernels):
+    from sagellm.accel.kernels.cpu.native.ops import rms_norm
+
+    torch.manual_seed(6)
+    x = torch.randn(1, 5, 48) * 3
+    residual = torch.randn(1, 5, 48)
+    weight = torch.randn(48)
+    torch.testing.assert_close(rms_norm(kernels, x, weight, 1e-6), _default_rms_norm(x, weight, 1e-6),
+                               rtol=2e-6, atol=1e-6)
+    out, summed = rms_norm(kernels, x, weight, 1e-5, residual)
+    want_out, want_sum = _default_rms_norm(x, weight, 1e-5, residual)
+    assert torch.equal(summed, want_sum)  # the residual sum is one exact add
+    torch.testing.assert_close(out, want_out, rtol=2e-6, atol=1e-6)
+    strided = torch.randn(5, 96)[:, :48]  # rows 96 apart
+    torch.testing.assert_close(rms_norm(kernels, strided, weight, 1e-6), _default_rms_norm(strided, weight, 1e-6),
+                               rtol=2e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="weight"):
+        rms_norm(kernels, x, torch.ones(47), 1e-6)
+
+
+def test_rotary_rounds_exactly_like_lmdeploys_default(kernels):
+    from lmdeploy.pytorch.backends.default.apply_rotary_emb import DefaultApplyRotaryEmbImpl
+
+    from sagellm.accel.kernels.cpu.native.ops import rotary_inplace
+
+    torch.manual_seed(7)
+    qkv = torch.randn(6, 4 + 2 + 2, 16)
+    query, key = qkv[:, :4], qkv[:, 4:6]  # views of one projection output, as LMDeploy's split gives
+    angles = torch.randn(6, 8)
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    want_q, want_k = DefaultApplyRotaryEmbImpl().forward(query.clone(), key.clone(), cos, sin)
+    got_q, got_k = rotary_inplace(kernels, query, cos, sin), rotary_inplace(kernels, key, cos, sin)
+    assert got_q.data_ptr() == qkv.data_ptr()  # in place
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+    with pytest.raises(ValueError, match="needs cos/sin"):
+        rotary_inplace(kernels, query, cos[:5], sin[:5])

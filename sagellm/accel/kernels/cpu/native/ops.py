@@ -1,0 +1,62 @@
+"""Row-wise float32 ops through the native kernels (``elementwise.cpp``): RMSNorm and rotary embedding.
+
+Each replaces a chain of 5-10 small torch ops with one pass. Rotary rounds exactly like LMDeploy's
+default (``x * cos + rotate_half(x) * sin``, two roundings); RMSNorm's sum of squares adds in
+another order than torch's reduction, so it can differ from it in the last bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sagellm.accel.kernels.cpu.native import NativeKernels
+
+
+def rows_supported(*tensors: torch.Tensor) -> bool:
+    """float32 CPU tensors whose last dim is contiguous (the only layout the kernels read)."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() >= 1 and t.stride(-1) == 1
+               for t in tensors)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.size(-1))
+
+
+def rms_norm(kernels: NativeKernels, x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None):
+    """``weight * (h / sqrt(mean(h**2) + eps))`` over the last dim, ``h = x (+ residual)``.
+
+    Returns the normed tensor, or ``(normed, h)`` when ``residual`` is given (LMDeploy's RMSNorm contract).
+    """
+    hidden = x.size(-1)
+    if weight.numel() != hidden or (residual is not None and residual.shape != x.shape):
+        raise ValueError(f"rms_norm: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+                         f"residual {None if residual is None else tuple(residual.shape)}")
+    if not rows_supported(x, weight) or (residual is not None and not rows_supported(residual)):
+        raise ValueError("rms_norm: float32 CPU tensors with a contiguous last dim only; check rows_supported()")
+    rows_x = _rows(x)
+    out = torch.empty(x.shape, dtype=torch.float32)
+    summed = torch.empty(x.shape, dtype=torch.float32) if residual is not None else None
+    rows_res = _rows(residual) if residual is not None else None
+    weight = weight.contiguous()
+    kernels.rms_norm(
+        rows_x.data_ptr(), rows_x.stride(0),
+        rows_res.data_ptr() if rows_res is not None else None, rows_res.stride(0) if rows_res is not None else 0,
+        weight.data_ptr(), out.data_ptr(), hidden,
+        summed.data_ptr() if summed is not None else None, hidden,
+        rows_x.size(0), hidden, float(eps),
+    )
+    return out if residual is None else (out, summed)
+
+
+def rotary_inplace(kernels: NativeKernels, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x = x * cos + rotate_half(x) * sin`` in place; x ``[tokens, heads, dim]``, cos/sin ``[tokens, dim]``."""
+    if x.dim() != 3 or cos.dim() != 2 or cos.shape != sin.shape or cos.shape != (x.size(0), x.size(2)) \
+            or x.size(2) % 2:
+        raise ValueError(f"rotary_inplace: x {tuple(x.shape)} needs cos/sin [tokens, dim], got "
+                         f"{tuple(cos.shape)} / {tuple(sin.shape)} (dim even)")
+    if not rows_supported(x, cos, sin) or cos.stride(0) != sin.stride(0):
+        raise ValueError("rotary_inplace: float32 CPU tensors with a contiguous last dim only; check rows_supported()")
+    kernels.rotary_inplace(x.data_ptr(), x.stride(0), x.stride(1), x.size(0), x.size(1), x.size(2),
+                           cos.data_ptr(), sin.data_ptr(), cos.stride(0))
+    return x
