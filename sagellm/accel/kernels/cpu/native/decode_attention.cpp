@@ -1,10 +1,12 @@
 // sagellm CPU kernels with a C ABI, loaded through ctypes (see native/__init__.py).
 //
-// Decode attention straight over LMDeploy's paged KV cache: one query token per sequence, every
-// query head of a KV head group reading each cached key and value once, no gathered copy of the
-// history. Work items are (sequence, KV head) pairs handed out to the OpenMP threads through an
-// atomic counter, so sequences of very different lengths still balance. Only `#pragma omp
-// parallel` is used: the library then binds to the OpenMP runtime torch already loaded (its
+// Decode attention straight over LMDeploy's paged KV cache: one query token per sequence, no
+// gathered copy of the history. A cache slot's keys (then values) of all KV heads are one
+// contiguous row, read once for every query head; walking a sequence's positions in order keeps
+// the reads sequential within a block (one item per KV head instead, reading half-rows 2 heads
+// apart, measured 853 vs 549 us for 32 sequences of 100-400 positions). Sequences are handed to the
+// OpenMP threads through an atomic counter, so very different lengths still balance. Only `#pragma
+// omp parallel` is used: the library then binds to the OpenMP runtime torch already loaded (its
 // libgomp predates some of the entry points newer compilers emit for other constructs).
 #include <algorithm>
 #include <atomic>
