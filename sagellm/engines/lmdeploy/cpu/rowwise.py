@@ -15,7 +15,7 @@ from lmdeploy.pytorch.backends.default.norm import DefaultRMSNormImpl
 from lmdeploy.pytorch.backends.norm import RMSNormBuilder
 
 from sagellm.accel.kernels.cpu.native import NativeKernels
-from sagellm.accel.kernels.cpu.native.ops import rms_norm, rotary_inplace, rows_supported
+from sagellm.accel.kernels.cpu.native.ops import rms_norm, rms_norm_fits, rotary_fits, rotary_inplace
 
 
 class CpuRMSNormImpl(DefaultRMSNormImpl):
@@ -24,8 +24,7 @@ class CpuRMSNormImpl(DefaultRMSNormImpl):
         self.kernels = kernels
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor = None):
-        if rows_supported(x, weight) and (residual is None or rows_supported(residual)) \
-                and weight.numel() == x.size(-1) and (residual is None or residual.shape == x.shape):
+        if rms_norm_fits(x, weight, residual):
             return rms_norm(self.kernels, x, weight, self.eps, residual)
         return super().forward(x, weight, residual)
 
@@ -36,10 +35,7 @@ class CpuApplyRotaryEmbImpl(DefaultApplyRotaryEmbImpl):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 inplace: bool = True):
-        shapes_fit = (query.dim() == 3 and key.dim() == 3 and cos.dim() == 2 and cos.shape == sin.shape
-                      and cos.shape == (query.size(0), query.size(2)) and key.shape[::2] == query.shape[::2]
-                      and query.size(2) % 2 == 0 and cos.stride(0) == sin.stride(0))
-        if not (shapes_fit and rows_supported(query, key, cos, sin)):
+        if not (rotary_fits(query, cos, sin) and rotary_fits(key, cos, sin)):
             return super().forward(query, key, cos, sin, inplace)
         if not inplace:
             query, key = query.clone(), key.clone()

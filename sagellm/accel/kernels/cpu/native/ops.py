@@ -18,6 +18,18 @@ def rows_supported(*tensors: torch.Tensor) -> bool:
                for t in tensors)
 
 
+def rms_norm_fits(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+    """Whether :func:`rms_norm` takes these tensors."""
+    return (rows_supported(x, weight) and weight.numel() == x.size(-1)
+            and (residual is None or (residual.shape == x.shape and rows_supported(residual))))
+
+
+def rotary_fits(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether :func:`rotary_inplace` takes these tensors."""
+    return (x.dim() == 3 and cos.dim() == 2 and cos.shape == sin.shape and cos.shape == (x.size(0), x.size(2))
+            and x.size(2) % 2 == 0 and rows_supported(x, cos, sin) and cos.stride(0) == sin.stride(0))
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.size(-1))
 
@@ -28,12 +40,11 @@ def rms_norm(kernels: NativeKernels, x: torch.Tensor, weight: torch.Tensor, eps:
 
     Returns the normed tensor, or ``(normed, h)`` when ``residual`` is given (LMDeploy's RMSNorm contract).
     """
+    if not rms_norm_fits(x, weight, residual):
+        raise ValueError(f"rms_norm: x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)}, residual "
+                         f"{None if residual is None else tuple(residual.shape)}: float32 CPU tensors with a "
+                         "contiguous last dim, weight of the last dim's size; check rms_norm_fits()")
     hidden = x.size(-1)
-    if weight.numel() != hidden or (residual is not None and residual.shape != x.shape):
-        raise ValueError(f"rms_norm: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
-                         f"residual {None if residual is None else tuple(residual.shape)}")
-    if not rows_supported(x, weight) or (residual is not None and not rows_supported(residual)):
-        raise ValueError("rms_norm: float32 CPU tensors with a contiguous last dim only; check rows_supported()")
     rows_x = _rows(x)
     out = torch.empty(x.shape, dtype=torch.float32)
     summed = torch.empty(x.shape, dtype=torch.float32) if residual is not None else None
@@ -51,12 +62,10 @@ def rms_norm(kernels: NativeKernels, x: torch.Tensor, weight: torch.Tensor, eps:
 
 def rotary_inplace(kernels: NativeKernels, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``x = x * cos + rotate_half(x) * sin`` in place; x ``[tokens, heads, dim]``, cos/sin ``[tokens, dim]``."""
-    if x.dim() != 3 or cos.dim() != 2 or cos.shape != sin.shape or cos.shape != (x.size(0), x.size(2)) \
-            or x.size(2) % 2:
-        raise ValueError(f"rotary_inplace: x {tuple(x.shape)} needs cos/sin [tokens, dim], got "
-                         f"{tuple(cos.shape)} / {tuple(sin.shape)} (dim even)")
-    if not rows_supported(x, cos, sin) or cos.stride(0) != sin.stride(0):
-        raise ValueError("rotary_inplace: float32 CPU tensors with a contiguous last dim only; check rows_supported()")
+    if not rotary_fits(x, cos, sin):
+        raise ValueError(f"rotary_inplace: x {tuple(x.shape)} {x.dtype} needs float32 cos/sin [tokens, dim] "
+                         f"(dim even, last dims contiguous), got {tuple(cos.shape)} / {tuple(sin.shape)}; "
+                         "check rotary_fits()")
     kernels.rotary_inplace(x.data_ptr(), x.stride(0), x.stride(1), x.size(0), x.size(1), x.size(2),
                            cos.data_ptr(), sin.data_ptr(), cos.stride(0))
     return x
