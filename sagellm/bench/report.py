@@ -120,7 +120,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         f"- Commit `{git.get('commit')}`" + (" (working tree had uncommitted changes)" if git.get("dirty") else ""),
         f"- Started {report['started_at']}, took {report.get('duration_s', 0) / 60:.1f} min; {report['repetitions']} "
-        "repetition(s) per scenario, peers interleaved (rotated order per scenario and repetition), one peer measured at a time",
+        "repetition(s) per scenario, peers interleaved (rotated order per scenario and repetition), one peer measured at a time"
+        + ("; the started servers not being measured were paused (SIGSTOP)" if report.get("paused_idle_peers") else
+           "; the other servers stayed up, idle"),
         f"- Ratios are against **{ref}** and oriented so that **> 1 means better than {ref}**: throughput and goodput "
         f"peer / {ref}; latency, CPU cost and prefill tokens {ref} / peer.",
         f"- Command: `{' '.join(report.get('command') or [])}`",

@@ -4,7 +4,9 @@ Order of work: measure the machine's peak (before any server runs); then per gro
 peer's server (one after the other, each waited for with a bound), warm each up, check its idle CPU,
 and for every scenario and repetition run the peers one at a time in rotated order (scenario i,
 repetition r starts with peer ``(i + r) % n``), so slow drifts of a shared machine hit every peer alike;
-stop the servers. Servers of a group stay up while the others run (idle, their CPU is recorded).
+stop the servers. Servers of a group stay up while the others run; those this run started are paused
+(SIGSTOP) while another peer is measured, so each peer has the machine to itself (an idle vLLM polls
+at about half a core), unless ``RunOptions.pause_idle`` is off; the CPU others use is recorded.
 
 Each repetition uses a fresh workload seed (``seed + 1000 * r``) so no peer is served from a prefix
 cache warmed by an earlier repetition; all peers get the same requests within a repetition.
@@ -49,6 +51,7 @@ class RunOptions:
     measure_peak: bool = True
     only_scenarios: Sequence[str] = ()
     command: list[str] = field(default_factory=list)
+    pause_idle: bool = True  # SIGSTOP the started servers that are not being measured (RunningPeer.pause)
 
 
 class _Sampler:
@@ -144,6 +147,14 @@ def _idle_cpu_fraction(peer: RunningPeer, seconds: float = 2.0) -> float | None:
     return None if before is None or after is None else (after - before) / seconds
 
 
+def _measure_alone(peer: RunningPeer, others: Sequence[RunningPeer], settle_s: float = 0.5) -> None:
+    """Pause ``others`` and continue ``peer``, then give it ``settle_s`` to pick up what waited."""
+    for other in others:
+        other.pause()
+    if peer.resume():
+        time.sleep(settle_s)
+
+
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
@@ -224,7 +235,7 @@ def run_suite(suite: Suite, peers: Sequence[PeerSpec], options: RunOptions,
         "schema": SCHEMA_VERSION, "name": options.name, "suite": suite.name, "suite_description": suite.description,
         "started_at": started.strftime("%Y%m%dT%H%M%SZ"), "command": options.command, "git": git_state(),
         "machine": machine, "repetitions": reps, "reference": suite.reference, "peers": [p.name for p in peers],
-        "groups": [], "results": [], "notes": [], "logs": str(scratch),
+        "groups": [], "results": [], "notes": [], "logs": str(scratch), "paused_idle_peers": options.pause_idle,
     }
     if options.measure_peak:
         from sagellm.bench.peak import measure_peak
@@ -280,6 +291,8 @@ def run_suite(suite: Suite, peers: Sequence[PeerSpec], options: RunOptions,
                     group_info["peers"].append(info)
                     log(f"[bench] {group.name}: {spec.name} ready at {peer.base_url} in {peer.startup_s:.1f} s "
                         f"(idle CPU {info['idle_cpu_fraction'] or 0:.2f} cores)")
+                    if options.pause_idle:
+                        peer.pause()  # the next peers start up (and are measured) without it
                 for si, scenario in enumerate(scenarios):
                     for rep in range(reps):
                         workload = workloads[(scenario.name, rep)]
@@ -288,6 +301,8 @@ def run_suite(suite: Suite, peers: Sequence[PeerSpec], options: RunOptions,
                             if bar is not None:
                                 bar.set_description(f"{scenario.name} r{rep} {peer.spec.name}")
                             others = [o for o in running if o is not peer]
+                            if options.pause_idle:
+                                _measure_alone(peer, others)
                             res = run_scenario(peer, others, scenario, workload,
                                                on_done=(lambda _r: bar.update(1)) if bar is not None else None)
                             if scenario.workload.kind == "roofline":

@@ -70,6 +70,8 @@ def run(
     peak: bool = typer.Option(True, help="Measure the machine's peak FLOP/s and bandwidth first (MFU/MBU)."),
     plots: bool = typer.Option(True, help="Write the PNG of plots."),
     progress: bool = typer.Option(True, help="Progress bar on stderr."),
+    pause_idle: bool = typer.Option(True, help="Pause (SIGSTOP) the started servers not being measured, so each "
+                                    "peer has the machine to itself; --no-pause-idle leaves them running."),
 ) -> None:
     """Run a suite (or an ad-hoc workload) against the peers, interleaved, and write JSON + Markdown + PNG."""
     from dataclasses import replace
@@ -102,7 +104,7 @@ def run(
     stem = name or f"{chosen.name}-{_timestamp()}"
     out_dir = out or _out_default()
     options = RunOptions(out_dir=out_dir, name=stem, repetitions=repetitions, vllm_python=vllm_python,
-                         progress=progress, measure_peak=peak,
+                         progress=progress, measure_peak=peak, pause_idle=pause_idle,
                          only_scenarios=[s.strip() for s in (scenarios or "").split(",") if s.strip()],
                          command=["sage", "bench", *sys.argv[sys.argv.index("run"):]] if "run" in sys.argv else sys.argv)
     try:

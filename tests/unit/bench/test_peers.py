@@ -73,3 +73,57 @@ def test_profile_validation():
         ServerProfile(block_size=48)
     with pytest.raises(ValueError, match="exceeds the KV budget"):
         ServerProfile(kv_blocks=16, max_model_len=4096)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_pause_stops_the_whole_server_group_and_stop_works_while_paused():
+    import subprocess
+    import time
+
+    from sagellm.bench.peers import PeerSpec, RunningPeer
+
+    # a server with a child process, in its own process group like start_peer makes them
+    server = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
+                              start_new_session=True)
+    peer = RunningPeer(spec=PeerSpec(name="s", kind="sagellm"), base_url="http://127.0.0.1:1", process=server)
+    try:
+        deadline = time.monotonic() + 10
+        while len(_group(server.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        members = _group(server.pid)
+        assert len(members) == 2
+        assert peer.pause()
+        time.sleep(0.2)
+        assert {_state(pid) for pid in members} == {"T"}
+        assert peer.resume()
+        time.sleep(0.2)
+        assert "T" not in {_state(pid) for pid in members}
+        peer.pause()
+        peer.stop(timeout_s=10)  # continues the group first, else SIGTERM would wait
+        assert server.poll() is not None
+        assert not peer.pause() and not peer.resume()  # nothing left to signal
+    finally:
+        if server.poll() is None:
+            server.kill()
+    endpoint = RunningPeer(spec=PeerSpec(name="e", kind="endpoint", url="http://127.0.0.1:1"), base_url="http://127.0.0.1:1")
+    assert not endpoint.pause()  # external servers are never touched
+
+
+def _group(pgid: int) -> list[int]:
+    import os
+
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid and _state(int(entry)) != "Z":
+                    members.append(int(entry))
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+    return members
