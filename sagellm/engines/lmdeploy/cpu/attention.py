@@ -16,6 +16,7 @@ import torch
 from lmdeploy.pytorch.backends.attention import AttentionBuilder, AttentionImpl, AttentionMetadata
 
 from sagellm.accel.kernels.cpu.native.attention import decode_supported, paged_decode_attention
+from sagellm.accel.kernels.cpu.native.ops import rows_writable, write_rows
 from sagellm.engines.lmdeploy.cpu.step_state import NativeDecode
 from sagellm.accel.kernels.cpu import (
     DenseDecodeKV,
@@ -66,9 +67,13 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
         if packed is None:
             packed = pack_batch(attn_metadata.q_seqlens, attn_metadata.kv_seqlens, attn_metadata.q_start_loc)
         has_new = key is not None and value is not None
-        if has_new:
-            fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed, quant=quant)
         native = attn_metadata.native
+        if has_new and native is not None and quant is None and rows_writable(key, k_cache) \
+                and rows_writable(value, v_cache):
+            write_rows(native.kernels, key, k_cache, native.token_slots)
+            write_rows(native.kernels, value, v_cache, native.token_slots)
+        elif has_new:
+            fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed, quant=quant)
         if (native is not None and has_new and self.causal and packed.is_decode
                 and decode_supported(query, k_cache, v_cache)):
             return paged_decode_attention(

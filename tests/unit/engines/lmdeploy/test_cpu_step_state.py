@@ -109,6 +109,8 @@ def test_decode_steps_take_the_native_kernel_unless_quantized_prefill_or_off(mon
     assert native.kernels is sentinel
     assert native.block_table.dtype == torch.int32 and native.block_table.tolist() == [[1, 2], [3, 4]]
     assert native.kv_seqlens.dtype == torch.int32 and native.kv_seqlens.tolist() == [3, 5]
+    # the new tokens (positions 2 and 4) go to block 1 slot 2 and block 4 slot 0 of 4-slot blocks
+    assert native.token_slots.dtype == torch.int64 and native.token_slots.tolist() == [6, 16]
     assert step_state.native_decode(_step_context(caches, kv, table, quant_policy=8), decode) is None
     prefill = pack_batch(torch.tensor([2, 1]), kv, torch.tensor([0, 2]))
     assert step_state.native_decode(_step_context(caches, kv, table), prefill) is None

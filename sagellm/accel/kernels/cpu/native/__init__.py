@@ -158,6 +158,10 @@ class NativeKernels:
         rotary.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, i64]
         rotary.restype = None
         self.rotary_inplace = rotary
+        write = self._lib.sagellm_write_rows
+        write.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, i64]
+        write.restype = None
+        self.write_rows = write
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,6 +5,7 @@
 // twice, as the separate torch ops do.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 extern "C" {
 
@@ -51,6 +52,17 @@ void sagellm_rotary_inplace(float* x, int64_t token_stride, int64_t head_stride,
                 v[i + half] = hi * c[i + half] + lo * s[i + half];
             }
         }
+    }
+}
+
+// Copy row t of src (row_bytes contiguous bytes, rows src_stride bytes apart) to cache slot slots[t]:
+// block slots[t] / block_size, offset slots[t] % block_size (strides in bytes). Any dtype: bytes move.
+void sagellm_write_rows(const char* src, int64_t src_stride, char* cache, int64_t block_stride, int64_t slot_stride,
+                        const int64_t* slots, int64_t rows, int64_t block_size, int64_t row_bytes) {
+    for (int64_t t = 0; t < rows; ++t) {
+        const int64_t slot = slots[t];
+        std::memcpy(cache + (slot / block_size) * block_stride + (slot % block_size) * slot_stride,
+                    src + t * src_stride, static_cast<size_t>(row_bytes));
     }
 }
 

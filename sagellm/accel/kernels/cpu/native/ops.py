@@ -1,4 +1,5 @@
-"""Row-wise float32 ops through the native kernels (``elementwise.cpp``): RMSNorm and rotary embedding.
+"""Row-wise ops through the native kernels (``elementwise.cpp``): float32 RMSNorm and rotary embedding,
+and the write of new tokens' K/V rows into their cache slots.
 
 Each replaces a chain of 5-10 small torch ops with one pass. Rotary rounds exactly like LMDeploy's
 default (``x * cos + rotate_half(x) * sin``, two roundings); RMSNorm's sum of squares adds in
@@ -69,3 +70,41 @@ def rotary_inplace(kernels: NativeKernels, x: torch.Tensor, cos: torch.Tensor, s
     kernels.rotary_inplace(x.data_ptr(), x.stride(0), x.stride(1), x.size(0), x.size(1), x.size(2),
                            cos.data_ptr(), sin.data_ptr(), cos.stride(0))
     return x
+
+
+def rows_writable(states: torch.Tensor, cache: torch.Tensor) -> bool:
+    """Whether :func:`write_rows` takes these: ``states`` [tokens, heads, dim] and the cache
+    [blocks, block_size, heads, dim] of one dtype, each token's [heads, dim] contiguous in both."""
+    return (states.dim() == 3 and cache.dim() == 4 and states.dtype == cache.dtype and states.shape[1:] == cache.shape[2:]
+            and states.device.type == "cpu" and cache.device.type == "cpu"
+            and states.stride(2) == 1 and states.stride(1) == states.size(2)
+            and cache.stride(3) == 1 and cache.stride(2) == cache.size(3))
+
+
+def write_rows(kernels: NativeKernels, states: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor) -> None:
+    """``cache`` slot ``slots[t]`` (block ``slot // block_size``, offset ``slot % block_size``) = ``states[t]``.
+
+    ``slots`` must be int64, contiguous, one per token and inside the cache (the caller checks that
+    once per step, see ``token_slots_checked``): the kernel does not bound-check.
+    """
+    if not rows_writable(states, cache) or slots.dtype != torch.int64 or not slots.is_contiguous() \
+            or slots.numel() != states.size(0):
+        raise ValueError(f"write_rows: states {tuple(states.shape)} {states.dtype}, cache {tuple(cache.shape)} "
+                         f"{cache.dtype}, slots {tuple(slots.shape)} {slots.dtype}; check rows_writable()")
+    size = states.element_size()
+    kernels.write_rows(states.data_ptr(), states.stride(0) * size, cache.data_ptr(), cache.stride(0) * size,
+                       cache.stride(1) * size, slots.data_ptr(), states.size(0), cache.size(1),
+                       states.size(1) * states.size(2) * size)
+
+
+def token_slots_checked(slots: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """``slots`` as contiguous int64, after checking every one lies inside ``cache``'s blocks.
+
+    Raises:
+        ValueError: a slot outside ``[0, blocks * block_size)``.
+    """
+    slots = slots.to(torch.int64).contiguous()
+    capacity = cache.size(0) * cache.size(1)
+    if slots.numel() and not (0 <= int(slots.min()) and int(slots.max()) < capacity):
+        raise ValueError(f"cache slots {int(slots.min())}..{int(slots.max())} outside the cache's {capacity}")
+    return slots

@@ -198,3 +198,32 @@ def test_rotary_rounds_exactly_like_lmdeploys_default(kernels):
     assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
     with pytest.raises(ValueError, match="check rotary_fits"):
         rotary_inplace(kernels, query, cos[:5], sin[:5])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_write_rows_matches_the_torch_fill(kernels, dtype):
+    from sagellm.accel.kernels.cpu import fill_kv_cache
+    from sagellm.accel.kernels.cpu.native.ops import rows_writable, token_slots_checked, write_rows
+    from sagellm.accel.kernels.cpu.packed_batch import token_cache_slots
+
+    torch.manual_seed(8)
+    table = torch.tensor([[4, 1, 0], [2, 5, 3]])
+    kv_seqlens = torch.tensor([6, 9])
+    packed = pack_batch(torch.ones(2, dtype=torch.long), kv_seqlens, torch.arange(2))
+    qkv = torch.randn(2, 4 + 2 + 2, 8).to(dtype)
+    key, value = qkv[:, 4:6], qkv[:, 6:]  # views into one projection output, as LMDeploy splits it
+    want_k, want_v = torch.zeros(6, BLOCK, 2, 8, dtype=dtype), torch.zeros(6, BLOCK, 2, 8, dtype=dtype)
+    fill_kv_cache(key, value, want_k, want_v, table, packed)
+    got_k, got_v = torch.zeros_like(want_k), torch.zeros_like(want_v)
+    assert rows_writable(key, got_k) and rows_writable(value, got_v)
+    slots = token_slots_checked(token_cache_slots(packed, table, BLOCK), got_k)
+    assert slots.tolist() == [1 * BLOCK + 1, 3 * BLOCK + 0]  # seq 0 position 5, seq 1 position 8
+    write_rows(kernels, key, got_k, slots)
+    write_rows(kernels, value, got_v, slots)
+    assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    assert not rows_writable(key.float() if dtype != torch.float32 else key.double(), got_k)  # dtypes must agree
+    assert not rows_writable(key.transpose(1, 2), got_k.transpose(2, 3))  # a token's row must be contiguous
+    with pytest.raises(ValueError, match="outside the cache's 24"):
+        token_slots_checked(torch.tensor([3, 24]), got_k)
+    with pytest.raises(ValueError, match="check rows_writable"):
+        write_rows(kernels, key, got_k, slots.to(torch.int32))
