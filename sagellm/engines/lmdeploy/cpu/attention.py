@@ -70,8 +70,9 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
         native = attn_metadata.native
         if has_new and native is not None and quant is None and rows_writable(key, k_cache) \
                 and rows_writable(value, v_cache):
-            write_rows(native.kernels, key, k_cache, native.token_slots)
-            write_rows(native.kernels, value, v_cache, native.token_slots)
+            # token_slots is int64, contiguous, one per token and bound-checked (NativeDecode)
+            write_rows(native.kernels, key, k_cache, native.token_slots, check=False)
+            write_rows(native.kernels, value, v_cache, native.token_slots, check=False)
         elif has_new:
             fill_kv_cache(key, value, k_cache, v_cache, attn_metadata.block_offsets, packed, quant=quant)
         if (native is not None and has_new and self.causal and packed.is_decode

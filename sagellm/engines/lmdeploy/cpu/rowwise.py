@@ -25,7 +25,7 @@ class CpuRMSNormImpl(DefaultRMSNormImpl):
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor = None):
         if rms_norm_fits(x, weight, residual):
-            return rms_norm(self.kernels, x, weight, self.eps, residual)
+            return rms_norm(self.kernels, x, weight, self.eps, residual, check=False)
         return super().forward(x, weight, residual)
 
 
@@ -39,7 +39,8 @@ class CpuApplyRotaryEmbImpl(DefaultApplyRotaryEmbImpl):
             return super().forward(query, key, cos, sin, inplace)
         if not inplace:
             query, key = query.clone(), key.clone()
-        return rotary_inplace(self.kernels, query, cos, sin), rotary_inplace(self.kernels, key, cos, sin)
+        return (rotary_inplace(self.kernels, query, cos, sin, check=False),
+                rotary_inplace(self.kernels, key, cos, sin, check=False))
 
 
 def rms_norm_builder(kernels: NativeKernels) -> type[RMSNormBuilder]:

@@ -15,8 +15,10 @@ from sagellm.accel.kernels.cpu.native import NativeKernels
 
 def rows_supported(*tensors: torch.Tensor) -> bool:
     """float32 CPU tensors whose last dim is contiguous (the only layout the kernels read)."""
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() >= 1 and t.stride(-1) == 1
-               for t in tensors)
+    for t in tensors:  # a plain loop: this runs several times per layer per decode step
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() < 1 or t.stride(-1) != 1:
+            return False
+    return True
 
 
 def rms_norm_fits(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
@@ -36,12 +38,13 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def rms_norm(kernels: NativeKernels, x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: torch.Tensor | None = None):
+             residual: torch.Tensor | None = None, *, check: bool = True):
     """``weight * (h / sqrt(mean(h**2) + eps))`` over the last dim, ``h = x (+ residual)``.
 
     Returns the normed tensor, or ``(normed, h)`` when ``residual`` is given (LMDeploy's RMSNorm contract).
+    ``check=False`` skips :func:`rms_norm_fits` for a caller that just asked it.
     """
-    if not rms_norm_fits(x, weight, residual):
+    if check and not rms_norm_fits(x, weight, residual):
         raise ValueError(f"rms_norm: x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)}, residual "
                          f"{None if residual is None else tuple(residual.shape)}: float32 CPU tensors with a "
                          "contiguous last dim, weight of the last dim's size; check rms_norm_fits()")
@@ -61,9 +64,13 @@ def rms_norm(kernels: NativeKernels, x: torch.Tensor, weight: torch.Tensor, eps:
     return out if residual is None else (out, summed)
 
 
-def rotary_inplace(kernels: NativeKernels, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x = x * cos + rotate_half(x) * sin`` in place; x ``[tokens, heads, dim]``, cos/sin ``[tokens, dim]``."""
-    if not rotary_fits(x, cos, sin):
+def rotary_inplace(kernels: NativeKernels, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
+                   check: bool = True) -> torch.Tensor:
+    """``x = x * cos + rotate_half(x) * sin`` in place; x ``[tokens, heads, dim]``, cos/sin ``[tokens, dim]``.
+
+    ``check=False`` skips :func:`rotary_fits` for a caller that just asked it.
+    """
+    if check and not rotary_fits(x, cos, sin):
         raise ValueError(f"rotary_inplace: x {tuple(x.shape)} {x.dtype} needs float32 cos/sin [tokens, dim] "
                          f"(dim even, last dims contiguous), got {tuple(cos.shape)} / {tuple(sin.shape)}; "
                          "check rotary_fits()")
@@ -81,14 +88,16 @@ def rows_writable(states: torch.Tensor, cache: torch.Tensor) -> bool:
             and cache.stride(3) == 1 and cache.stride(2) == cache.size(3))
 
 
-def write_rows(kernels: NativeKernels, states: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor) -> None:
+def write_rows(kernels: NativeKernels, states: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor, *,
+               check: bool = True) -> None:
     """``cache`` slot ``slots[t]`` (block ``slot // block_size``, offset ``slot % block_size``) = ``states[t]``.
 
     ``slots`` must be int64, contiguous, one per token and inside the cache (the caller checks that
-    once per step, see ``token_slots_checked``): the kernel does not bound-check.
+    once per step, see ``token_slots_checked``): the kernel does not bound-check. ``check=False``
+    skips the layout check for a caller that just asked :func:`rows_writable`.
     """
-    if not rows_writable(states, cache) or slots.dtype != torch.int64 or not slots.is_contiguous() \
-            or slots.numel() != states.size(0):
+    if check and (not rows_writable(states, cache) or slots.dtype != torch.int64 or not slots.is_contiguous()
+                  or slots.numel() != states.size(0)):
         raise ValueError(f"write_rows: states {tuple(states.shape)} {states.dtype}, cache {tuple(cache.shape)} "
                          f"{cache.dtype}, slots {tuple(slots.shape)} {slots.dtype}; check rows_writable()")
     size = states.element_size()
