@@ -64,6 +64,13 @@ struct DecodeArgs {
     int threads;
 };
 
+// The cache row of position pos of a sequence whose block ids are table[].
+template <typename T>
+inline const T* slot_row(const T* cache, const int32_t* table, int64_t pos, int64_t block_size, int64_t block_stride,
+                         int64_t slot_stride) {
+    return cache + table[pos / block_size] * block_stride + (pos % block_size) * slot_stride;
+}
+
 template <typename T>
 void decode_one(const DecodeArgs& a, int64_t b, std::vector<float>& scratch) {
     const int64_t group = a.heads / a.kv_heads;
@@ -83,8 +90,7 @@ void decode_one(const DecodeArgs& a, int64_t b, std::vector<float>& scratch) {
     const T* v_cache = static_cast<const T*>(a.v_cache);
 
     for (int64_t t = 0; t < n; ++t) {
-        const int64_t pos = start + t;
-        const T* row = k_cache + table[pos / a.block_size] * a.k_block_stride + (pos % a.block_size) * a.k_slot_stride;
+        const T* row = slot_row(k_cache, table, start + t, a.block_size, a.k_block_stride, a.k_slot_stride);
         for (int64_t h = 0; h < a.kv_heads; ++h) {
             const T* key = row + h * a.k_head_stride;
             for (int64_t g = 0; g < group; ++g) {
@@ -119,8 +125,7 @@ void decode_one(const DecodeArgs& a, int64_t b, std::vector<float>& scratch) {
     }
     std::fill(out, out + a.heads * a.v_dim, 0.0f);
     for (int64_t t = 0; t < n; ++t) {
-        const int64_t pos = start + t;
-        const T* row = v_cache + table[pos / a.block_size] * a.v_block_stride + (pos % a.block_size) * a.v_slot_stride;
+        const T* row = slot_row(v_cache, table, start + t, a.block_size, a.v_block_stride, a.v_slot_stride);
         for (int64_t h = 0; h < a.kv_heads; ++h) {
             const T* value = row + h * a.v_head_stride;
             for (int64_t g = 0; g < group; ++g) {
