@@ -80,7 +80,7 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
             return paged_decode_attention(
                 native.kernels, query, k_cache, v_cache, native.block_table, native.kv_seqlens,
                 scale=self.scale, sliding_window=self.sliding_window,
-                logit_softcapping=self.logit_softcapping, sinks=learnable_sink,
+                logit_softcapping=self.logit_softcapping, sinks=learnable_sink, tables_checked=True,
             )
         history = None
         if attn_metadata.dense is not None and attn_metadata.dense_plan is not DensePlan.OFF and has_new:

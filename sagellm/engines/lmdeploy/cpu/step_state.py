@@ -18,6 +18,7 @@ import torch
 
 from sagellm.accel.kernels.cpu import DenseDecodeKV, DensePlan, PackedBatch
 from sagellm.accel.kernels.cpu.native import NativeKernels, native_kernels
+from sagellm.accel.kernels.cpu.native.attention import decode_tables_checked
 from sagellm.accel.kernels.cpu.native.ops import token_slots_checked
 from sagellm.accel.kernels.cpu.packed_batch import token_cache_slots
 from sagellm.engines.lmdeploy.cpu.config import cpu_device_config, usable_cores
@@ -32,8 +33,9 @@ _policies: dict[tuple, ThreadPolicy] = {}
 
 @dataclass(frozen=True)
 class NativeDecode:
-    """What every layer of a decode forward passes the native kernels: int32 block table and lengths,
-    and the cache slot of each new token (int64, checked to lie inside the cache)."""
+    """What every layer of a decode forward passes the native kernels, checked once per step: int32
+    block table and lengths (the table covers every history), and the cache slot of each new token
+    (int64, inside the cache)."""
 
     kernels: NativeKernels
     block_table: torch.Tensor
@@ -87,12 +89,13 @@ def native_decode(step_context, packed: PackedBatch) -> NativeDecode | None:
     kernels = native_kernels()
     if kernels is None:
         return None
-    k_cache = step_context.kv_caches[0][0]
-    slots = token_cache_slots(packed, step_context.block_offsets, k_cache.size(1))
+    k_cache = step_context.kv_caches[0][0]  # every layer's cache has the same blocks
+    table, lengths = decode_tables_checked(step_context.block_offsets, step_context.kv_seqlens, k_cache.size(1))
+    slots = token_cache_slots(packed, step_context.block_offsets, k_cache.size(1))  # the table covers them
     return NativeDecode(
         kernels=kernels,
-        block_table=step_context.block_offsets.to(torch.int32).contiguous(),
-        kv_seqlens=step_context.kv_seqlens.to(torch.int32).contiguous(),
+        block_table=table,
+        kv_seqlens=lengths,
         token_slots=token_slots_checked(slots, k_cache),
     )
 

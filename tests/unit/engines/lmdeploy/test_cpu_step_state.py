@@ -111,6 +111,9 @@ def test_decode_steps_take_the_native_kernel_unless_quantized_prefill_or_off(mon
     assert native.kv_seqlens.dtype == torch.int32 and native.kv_seqlens.tolist() == [3, 5]
     # the new tokens (positions 2 and 4) go to block 1 slot 2 and block 4 slot 0 of 4-slot blocks
     assert native.token_slots.dtype == torch.int64 and native.token_slots.tolist() == [6, 16]
+    with pytest.raises(ValueError, match="needs 2 blocks, the block table has 1 columns"):  # checked once per step
+        step_state.native_decode(_step_context(caches, kv, table[:, :1]),
+                                 pack_batch(torch.ones(2, dtype=torch.long), kv, torch.arange(2)))
     assert step_state.native_decode(_step_context(caches, kv, table, quant_policy=8), decode) is None
     prefill = pack_batch(torch.tensor([2, 1]), kv, torch.tensor([0, 2]))
     assert step_state.native_decode(_step_context(caches, kv, table), prefill) is None

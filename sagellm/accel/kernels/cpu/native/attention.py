@@ -33,6 +33,30 @@ def decode_supported(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     )
 
 
+def decode_tables_checked(block_table: torch.Tensor, kv_seqlens: torch.Tensor, block_size: int,
+                          batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block table and lengths as contiguous int32, after checking the table covers every history.
+
+    Every layer of a step reads the same table, so a caller checks once per step and passes
+    ``tables_checked=True`` to :func:`paged_decode_attention`.
+
+    Raises:
+        ValueError: lengths and table rows that disagree (with each other or with ``batch``), or a
+            table too narrow for the longest history (the kernel would read out of bounds).
+    """
+    lengths = kv_seqlens.to(torch.int32).contiguous()
+    table = block_table.to(torch.int32).contiguous()
+    batch = lengths.numel() if batch is None else batch
+    if lengths.numel() != batch or table.dim() != 2 or table.size(0) != batch:
+        raise ValueError(f"paged_decode_attention: {batch} queries but kv_seqlens {tuple(kv_seqlens.shape)} "
+                         f"and block_table {tuple(block_table.shape)}")
+    longest = int(lengths.max()) if batch else 0
+    if -(-longest // block_size) > table.size(1):
+        raise ValueError(f"paged_decode_attention: a history of {longest} positions needs "
+                         f"{-(-longest // block_size)} blocks, the block table has {table.size(1)} columns")
+    return table, lengths
+
+
 def paged_decode_attention(
     kernels: NativeKernels,
     query: torch.Tensor,
@@ -46,6 +70,7 @@ def paged_decode_attention(
     logit_softcapping: float | None = None,
     sinks: torch.Tensor | None = None,
     threads: int | None = None,
+    tables_checked: bool = False,
 ) -> torch.Tensor:
     """Attention of ``query`` [batch, heads, dim] (token ``b`` the last of sequence ``b``) over the cache.
 
@@ -58,6 +83,8 @@ def paged_decode_attention(
         logit_softcapping: ``cap * tanh(score / cap)`` before the softmax (None / 0: off).
         sinks: [heads] one extra logit per head in the softmax's denominator (attention sinks).
         threads: OpenMP threads (default: ``torch.get_num_threads()``).
+        tables_checked: ``block_table`` / ``kv_seqlens`` come from :func:`decode_tables_checked`
+            for this batch and cache block size (skips that check).
 
     Returns:
         [batch, heads, v_dim] in the query's dtype.
@@ -72,15 +99,10 @@ def paged_decode_attention(
     batch, heads, dim = query.shape
     num_blocks, block_size, kv_heads, _ = k_cache.shape
     v_dim = v_cache.size(-1)
-    lengths = kv_seqlens.to(torch.int32).contiguous()
-    table = block_table.to(torch.int32).contiguous()
-    if lengths.numel() != batch or table.dim() != 2 or table.size(0) != batch:
-        raise ValueError(f"paged_decode_attention: {batch} queries but kv_seqlens {tuple(kv_seqlens.shape)} "
-                         f"and block_table {tuple(block_table.shape)}")
-    longest = int(lengths.max()) if batch else 0
-    if -(-longest // block_size) > table.size(1):
-        raise ValueError(f"paged_decode_attention: a history of {longest} positions needs "
-                         f"{-(-longest // block_size)} blocks, the block table has {table.size(1)} columns")
+    if tables_checked:
+        table, lengths = block_table, kv_seqlens
+    else:
+        table, lengths = decode_tables_checked(block_table, kv_seqlens, block_size, batch)
     q = query.to(torch.float32).contiguous()
     out = torch.empty(batch, heads, v_dim, dtype=torch.float32)
     sink = None
