@@ -180,17 +180,24 @@ def paged_attention(
     sinks: torch.Tensor | None = None,
     quant: KVQuant | None = None,
     history: tuple[torch.Tensor, torch.Tensor] | None = None,
+    new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention of the packed new tokens over each sequence's paged history.
 
     With ``quant``, the caches hold quantized blocks and the history is dequantized first. ``history``,
     when given, is each sequence's K and V already gathered (``[batch, kv_heads, max_kv_len, dim]``
     in the query dtype, e.g. from :class:`~.dense_decode.DenseDecodeKV`); the caches are not read.
+    ``new_kv``: this step's packed K and V (``[num_tokens, kv_heads, dim]``, as written to the caches);
+    a fresh prefill of unquantized caches attends over them directly (:func:`_fresh_prefill`).
     Returns [num_tokens, num_heads, v_head_dim] in the query dtype.
     """
     batch = q_seqlens.numel()
     num_tokens = query.size(0)
     window = sliding_window if sliding_window is not None and sliding_window > 0 else None
+    if (new_kv is not None and history is None and quant is None and causal and window is None
+            and packed.no_history and not logit_softcapping and sinks is None
+            and new_kv[0].dtype == query.dtype and new_kv[1].dtype == query.dtype):
+        return _fresh_prefill(query, new_kv[0], new_kv[1], q_seqlens, packed, scale)
     if isinstance(history, DenseHistory):
         if causal and not logit_softcapping and sinks is None and packed.is_decode:
             return _bucketed_decode(query, history, scale, window, packed)
@@ -227,6 +234,40 @@ def paged_attention(
         bias = attention_bias(packed, q_seqlens, kv_seqlens, query.dtype, causal, window)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
     return _from_grid(out, packed, num_tokens)
+
+
+def _fresh_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_seqlens: torch.Tensor,
+                   packed: PackedBatch, scale: float) -> torch.Tensor:
+    """Causal attention of a fresh prefill (no history) over the step's own packed K and V.
+
+    Every key a query sees is one of this step's, so nothing is read back from the caches. Query
+    i of a sequence sees its keys 0..i; a padded grid is built only when one call over it costs less
+    than a call per sequence (:func:`_padding_outweighs_calls`), otherwise each sequence's rows are
+    attended in place and written straight into the packed output.
+    """
+    batch = q_seqlens.numel()
+    gqa = key.size(1) != query.size(1)
+    lengths = q_seqlens.tolist()
+    if batch > 1 and _padding_outweighs_calls(lengths, packed.max_q_len):
+        out = query.new_empty(query.size(0), query.size(1), value.size(-1))
+        start = 0
+        for length in lengths:
+            rows = slice(start, start + length)
+            out[rows] = F.scaled_dot_product_attention(
+                _one_sequence(query[rows]), _one_sequence(key[rows]), _one_sequence(value[rows]),
+                is_causal=True, scale=scale, enable_gqa=gqa)[0].transpose(0, 1)
+            start += length
+        return out
+    q = _query_grid(query, packed, batch)
+    k = _query_grid(key, packed, batch)
+    v = _query_grid(value, packed, batch)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    return _from_grid(out, packed, query.size(0))
+
+
+def _one_sequence(rows: torch.Tensor) -> torch.Tensor:
+    """[length, heads, dim] packed rows -> [1, heads, length, dim] (a view, as on the padded grid)."""
+    return rows.transpose(0, 1).unsqueeze(0)
 
 
 #: One more causal attention call costs about as much as this many (query, key) pairs (about 30 us

@@ -103,6 +103,7 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
             sinks=learnable_sink,
             quant=quant,
             history=history,
+            new_kv=(key, value) if has_new else None,
         )
 
 

@@ -242,3 +242,34 @@ def test_sinks_path_with_grouped_heads_matches_formula():
         scores = torch.cat([keys @ query[0, head] * 0.5, sinks[head:head + 1]])
         expected = torch.softmax(scores, dim=0)[:-1] @ values
         torch.testing.assert_close(out[0, head], expected)
+
+
+def _packed_new_kv(args):
+    """The packed K and V of a scenario's new tokens, read back from its caches."""
+    _, k_cache, v_cache, block_offsets, q_seqlens, kv_seqlens, _ = args
+    rows = [(int(block_offsets[seq, pos // BLOCK]), pos % BLOCK)
+            for seq, (new, total) in enumerate(zip(q_seqlens.tolist(), kv_seqlens.tolist()))
+            for pos in range(total - new, total)]
+    return torch.stack([k_cache[b, s] for b, s in rows]), torch.stack([v_cache[b, s] for b, s in rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("call_pairs", [0, 10**9])
+def test_fresh_prefill_over_the_steps_own_kv_equals_reading_the_cache(dtype, call_pairs, monkeypatch):
+    """Per sequence and on the padded grid alike: bitwise the same output, and the caches are not read."""
+    monkeypatch.setattr(paged_attention_module, "PREFILL_CALL_PAIRS", call_pairs)
+    args, _ = _scenario([0, 0, 0], [5, 1, 9], dtype=dtype)
+    expected = paged_attention(*args, scale=8**-0.5)
+    query, k_cache, _, block_offsets, q_seqlens, kv_seqlens, packed = args
+    nan_cache = torch.full_like(k_cache, float("nan"))
+    out = paged_attention(query, nan_cache, nan_cache, block_offsets, q_seqlens, kv_seqlens, packed,
+                          scale=8**-0.5, new_kv=_packed_new_kv(args))
+    assert out.dtype == dtype and torch.equal(out, expected)
+
+
+def test_new_kv_is_not_enough_when_a_sequence_has_history():
+    """With cached history the keys come from the caches whatever ``new_kv`` holds."""
+    args, expected = _scenario([5, 0, 8], [3, 6, 1])
+    key, value = _packed_new_kv(args)
+    out = paged_attention(*args, scale=8**-0.5, new_kv=(torch.full_like(key, float("nan")), value))
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=0)
