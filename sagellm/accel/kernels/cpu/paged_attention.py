@@ -266,7 +266,11 @@ def _fresh_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 
 
 def _one_sequence(rows: torch.Tensor) -> torch.Tensor:
-    """[length, heads, dim] packed rows -> [1, heads, length, dim] (a view, as on the padded grid)."""
+    """[length, heads, dim] packed rows -> [1, heads, length, dim] (a view, as on the padded grid).
+
+    Four dimensions, as the grid path passes them: on 3-D ``[heads, length, dim]`` views SDPA took a
+    2-4x slower path on the cpu and its output differed from the grid path's in the last bits.
+    """
     return rows.transpose(0, 1).unsqueeze(0)
 
 
