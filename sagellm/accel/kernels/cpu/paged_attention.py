@@ -248,7 +248,7 @@ def _fresh_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     batch = q_seqlens.numel()
     gqa = key.size(1) != query.size(1)
     lengths = q_seqlens.tolist()
-    if batch > 1 and _padding_outweighs_calls(lengths, packed.max_q_len):
+    if _padding_outweighs_calls(lengths, packed.max_q_len):  # False for a single sequence
         out = query.new_empty(query.size(0), query.size(1), value.size(-1))
         start = 0
         for length in lengths:
