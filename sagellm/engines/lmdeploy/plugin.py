@@ -25,6 +25,7 @@ PLUGINS.register("mp_handshake", "sagellm.engines.lmdeploy.mp_handshake:register
 PLUGINS.register("spec_decode", "sagellm.engines.lmdeploy.spec_decode:install_spec_decode")
 PLUGINS.register("scheduler", "sagellm.engines.lmdeploy.scheduling:install_scheduler")
 PLUGINS.register("slowdown", "sagellm.engines.lmdeploy.slowdown:register_slowdown")
+PLUGINS.register("session_end", "sagellm.engines.lmdeploy.session_end:install_session_end")
 PLUGINS.register("text_tail", "sagellm.engines.lmdeploy.text_tail:install_text_tail")
 
 _installed: set[str] = set()
