@@ -4,7 +4,8 @@ One line per scheduling decision::
 
     {"step": 12, "kind": "prefill", "strategy": "slo_aware", "plan": {...ExecutionPlan...},
      "requests": {"7": {"request_id": "req-1", "priority": 0, "tenant": "acme", "slo_ttft_ms": 500.0, ...}},
-     "order": [7, 3], "deferred": [], "rejected": {"9": "..."}, "remainders": [...], "chunk_ends": {"7": 256}}
+     "order": [7, 3], "deferred": [], "rejected": {"9": "..."}, "remainders": [...], "chunk_ends": {"7": 256},
+     "wall_s": 1795000000.123456}
 
 ``plan`` round-trips through ``ExecutionPlan.from_dict``; ``read_records`` gives the dicts back.
 Lines are appended and flushed one at a time, so a trace survives a killed engine up to its last step.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,8 @@ class PlanTracer:
         self.count = 0
 
     def write(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), sort_keys=False)
+        # wall-clock time, to line plans up with client-side request timings
+        line = json.dumps({**record, "wall_s": round(time.time(), 6)}, separators=(",", ":"), sort_keys=False)
         with self._lock:
             self._fp.write(line + "\n")
             self._fp.flush()

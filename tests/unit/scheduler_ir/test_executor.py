@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from sagellm.core.ir import IRNodeKind
@@ -81,6 +83,7 @@ def test_decode_order_preempt_and_choice_follow_the_strategy():
 
 def test_tracer_records_every_plan_with_request_metadata(tmp_path):
     path = tmp_path / "sub" / "plans.jsonl"
+    started = time.time()
     tracer = PlanTracer(path)
     executor = StepExecutor(build_strategy("fifo"), tracer=tracer)
     assert executor.passthrough is False
@@ -99,6 +102,7 @@ def test_tracer_records_every_plan_with_request_metadata(tmp_path):
     }
     assert records[1]["requests"]["4"]["slo_tpot_ms"] == 40.0
     assert records[0]["plan"]["graph"]["nodes"][0]["node_id"] == "prefill:1"
+    assert started <= records[0]["wall_s"] <= records[1]["wall_s"] <= time.time()
 
 
 def test_read_records_names_a_bad_line(tmp_path):
