@@ -28,7 +28,8 @@ Estimates come from the snapshot's ``CostEstimate`` (learned from the engine's o
 
       tpot_slack = slo_tpot_ms * (generated - 1 + L) - ms_since_first_token - L * decode_loop_ms
 
-  where L is the number of tokens the next decode step produces.
+  where L is the number of tokens the next decode round produces (its loops, at most the tokens
+  left of the request's output).
 - **Chunking** (``chunk_tokens`` > 0): prompts longer than ``chunk_tokens`` are prefilled
   ``chunk_tokens`` at a time, and the prefill step is sized so it does not stall the running requests past their TPOT
   targets (the smallest ``tpot_slack``).
@@ -103,7 +104,11 @@ class SloAwareStrategy(SchedulingStrategy):
     def tpot_slack_ms(self, snapshot: EngineSnapshot, seq: SeqView) -> float:
         if seq.slo_tpot_ms is None or seq.first_token_s is None:
             return math.inf
-        loops = snapshot.decode_loops
+        # the next round's tokens, at most what is left of the output: a request one token from its
+        # end gains no allowance from a round's worth of tokens it will not produce (measured: two
+        # interactive requests let a document's 180 ms prefill in before their last token, and
+        # missed their TPOT target by it)
+        loops = min(snapshot.decode_loops, max(1, seq.max_new_tokens - seq.generated_tokens))
         allowed = seq.slo_tpot_ms * (max(0, seq.generated_tokens - 1) + loops)
         elapsed = max(0.0, snapshot.now_s - seq.first_token_s) * 1000.0 + snapshot.inflight_ms
         return allowed - elapsed - loops * snapshot.cost.decode_loop_ms(len(snapshot.running))

@@ -16,6 +16,7 @@ def waiting(seq_id: int, arrival_s: float = 0.0, pending: int = 10, **kw) -> Seq
 
 
 def running(seq_id: int, arrival_s: float = 0.0, computed: int = 10, generated: int = 1, **kw) -> SeqView:
+    kw.setdefault("max_new_tokens", 512)  # far from its end unless a test says otherwise
     return SeqView(seq_id=seq_id, request_id=f"r{seq_id}", state=SeqState.RUNNING, arrival_s=arrival_s,
                    computed_tokens=computed, pending_tokens=1, generated_tokens=generated, **kw)
 

@@ -232,6 +232,20 @@ def test_slo_aware_chunks_long_prompts_and_sizes_the_step_to_the_tpot_slack():
     assert decision.step_token_budget == 640
 
 
+def test_slo_aware_tpot_slack_counts_only_the_tokens_left():
+    strat = build_strategy("slo_aware")
+    # 31 of 32 tokens out, 240 ms since the first (8 ms each against a 20 ms target), 10 ms loops:
+    # one token is left, so the allowance is 20 x 31 = 620 ms, not 20 x (30 + 16) for a whole round
+    last = running(9, first_token_s=99.76, generated=31, max_new_tokens=32, slo_tpot_ms=20.0)
+    prompt = waiting(1, arrival_s=100.0, pending=400, slo_ttft_ms=5000, chunkable=False)
+    snap = snapshot(now_s=100.0, waiting_seqs=[prompt], running_seqs=[last])
+    assert strat.tpot_slack_ms(snap, last) == pytest.approx(620.0 - 240.0 - 10.0)
+    # a 400 ms prefill now would make it miss; the prompt's TTFT can wait a round
+    assert strat.choose_prefill(snap, True) is False
+    far = running(9, first_token_s=99.76, generated=31, max_new_tokens=512, slo_tpot_ms=20.0)
+    assert strat.tpot_slack_ms(dataclasses.replace(snap, running=(far,)), far) == pytest.approx(20.0 * 46 - 240.0 - 160.0)
+
+
 def test_slo_aware_orders_running_by_tpot_slack_and_preempts_the_most_relaxed():
     strat = build_strategy("slo_aware")
     snap = tpot_snapshot()
