@@ -22,7 +22,7 @@ from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sc
 from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
 
 from sagellm.core.request import RequestMetadata
-from sagellm.engines.lmdeploy.scheduling import SYNCHRONOUS_YIELDS, SagellmSchedulerHooks
+from sagellm.engines.lmdeploy.scheduling import SYNCHRONOUS_YIELDS, SagellmSchedulerHooks, yield_until_idle
 from sagellm.engines.lmdeploy.scheduling_api import REJECT_MARKER
 from sagellm.scheduler_ir import SchedulerConfig as SagellmSchedulerConfig
 from sagellm.scheduler_ir import RoundCut, read_records
@@ -455,3 +455,57 @@ def test_every_running_sequence_decodes_with_default_hooks_or_pacing_off(make_ho
     scheduler = make_scheduler()
     _three_prefilled(scheduler)
     assert sorted(sessions(scheduler.schedule(is_prefill=False).running)) == [0, 1, 2]
+
+
+def _turns_before_forward(hooks, is_decoding: bool, hops: int = 20) -> int:
+    """How many hops of a ready task chain (a token on its way out) run while the agent is in ``before_forward``."""
+
+    async def measure() -> int:
+        done = 0
+
+        async def chain():
+            nonlocal done
+            for _ in range(hops):
+                done += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(chain())
+        await hooks.before_forward(agent=None, inputs=SimpleNamespace(is_decoding=is_decoding))
+        ran = done
+        task.cancel()
+        return ran
+
+    return asyncio.run(measure())
+
+
+@pytest.mark.parametrize("device_type, is_decoding, hops", [
+    ("cpu", False, 20),  # before a prefill every ready task runs to its end first
+    ("cpu", True, 0),  # a decode step is short: nothing extra
+    ("cuda", False, 0),  # asynchronous devices: stock
+])
+def test_before_a_prefill_on_a_synchronous_device_the_loop_runs_until_idle(device_type, is_decoding, hops):
+    hooks = SagellmSchedulerHooks(SagellmSchedulerConfig())
+    hooks.attach(RecordingEngine(device_type))
+    assert _turns_before_forward(hooks, is_decoding) == hops
+
+
+def test_the_default_before_forward_does_not_yield():
+    assert _turns_before_forward(SchedulerHooks(), is_decoding=False) == 0
+
+
+def test_yield_until_idle_is_bounded():
+    async def measure() -> int:
+        turns = 0
+
+        async def forever():
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(forever())
+        await yield_until_idle(5)
+        task.cancel()
+        return turns
+
+    assert asyncio.run(measure()) == 5
