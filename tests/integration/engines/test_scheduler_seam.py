@@ -268,6 +268,11 @@ def test_request_intake_waits_for_queued_forwards_only_on_asynchronous_devices(d
 
 def _turns_given_by(hooks) -> int:
     """How many turns another ready task gets while the model agent is inside ``after_forward``."""
+    return _turns_during(lambda: hooks.after_forward(agent=None))
+
+
+def _turns_during(make_awaitable) -> int:
+    """How many turns an always-ready task gets while ``make_awaitable()`` is awaited."""
 
     async def measure() -> int:
         turns = 0
@@ -281,7 +286,7 @@ def _turns_given_by(hooks) -> int:
         task = asyncio.create_task(neighbour())
         await asyncio.sleep(0)  # the neighbour takes its first turn and is ready again
         before = turns
-        await hooks.after_forward(agent=None)
+        await make_awaitable()
         task.cancel()
         return turns - before
 
@@ -494,18 +499,4 @@ def test_the_default_before_forward_does_not_yield():
 
 
 def test_yield_until_idle_is_bounded():
-    async def measure() -> int:
-        turns = 0
-
-        async def forever():
-            nonlocal turns
-            while True:
-                turns += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(forever())
-        await yield_until_idle(5)
-        task.cancel()
-        return turns
-
-    assert asyncio.run(measure()) == 5
+    assert _turns_during(lambda: yield_until_idle(5)) == 5
