@@ -79,4 +79,8 @@ def install_session_end() -> None:
 
     if getattr(AsyncEngine.generate, "__sagellm_session_end__", False):
         return
+    if "sequence_end" not in inspect.signature(AsyncEngine.generate).parameters:
+        logger.warning("session_end not installed: AsyncEngine.generate has no sequence_end parameter "
+                       "(an LMDeploy other than 0.11?); streams end after the session does, as in stock")
+        return
     AsyncEngine.generate = _wrap_generate(AsyncEngine.generate)

@@ -108,3 +108,13 @@ def test_install_wraps_once(monkeypatch):
     session_end.install_session_end()
     assert AsyncEngine.generate is wrapped
     assert wrapped.__wrapped__ is FakeAsyncEngine.generate
+
+
+def test_a_generate_without_sequence_end_is_left_alone(monkeypatch, caplog):
+    async def generate(self, messages, session_id):
+        yield FakeGenOut("", "length")
+
+    monkeypatch.setattr(AsyncEngine, "generate", generate)
+    session_end.install_session_end()
+    assert AsyncEngine.generate is generate
+    assert "session_end not installed" in caplog.text
