@@ -61,7 +61,7 @@ TTFT p50 1.6 s -> 0.6 s, output throughput 615 -> 700 tok/s.
 Those turns are enough for a decode step, which is short: tokens still on their way out go with
 the next step's. Before a prefill, which takes as long as its prompt (a 1,500-token document: 150-230
 ms on the 2-core CPU), ``before_forward`` gives the loop turns until no other task is ready (at most
-``PREFILL_DRAIN_TURNS``), so the tokens of the steps before it reach the client first. Measured in a
+``PREFILL_DRAIN_TURNS``), so the tokens of the steps before it reach the client first. Measured in
 goodput runs before this: the last token of two interactive requests came 178-226 ms after the one
 before it, behind a document's prefill, and each missed its TPOT target by that alone. On HTTP
 (tiny model, main-group server, runs alternating with and without): chat at concurrency 32 TTFT
