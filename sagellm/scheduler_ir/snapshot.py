@@ -111,6 +111,11 @@ class SeqView(SerializableMixin):
         """Tokens of the sequence so far (computed + pending)."""
         return self.computed_tokens + self.pending_tokens
 
+    @property
+    def tokens_left(self) -> int:
+        """Output tokens still to come before ``max_new_tokens``."""
+        return max(0, self.max_new_tokens - self.generated_tokens)
+
     def waited_s(self, now_s: float) -> float:
         return max(0.0, now_s - self.arrival_s)
 

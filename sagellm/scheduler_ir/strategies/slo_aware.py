@@ -108,9 +108,9 @@ class SloAwareStrategy(SchedulingStrategy):
         # end gains no allowance from a round's worth of tokens it will not produce (measured: two
         # interactive requests let a document's 180 ms prefill in before their last token, and
         # missed their TPOT target by it)
-        loops = min(snapshot.decode_loops, max(1, seq.max_new_tokens - seq.generated_tokens))
+        loops = min(snapshot.decode_loops, max(1, seq.tokens_left))
         allowed = seq.slo_tpot_ms * (max(0, seq.generated_tokens - 1) + loops)
-        elapsed = max(0.0, snapshot.now_s - seq.first_token_s) * 1000.0 + snapshot.inflight_ms
+        elapsed = _ms_since_first_token(snapshot, seq)
         return allowed - elapsed - loops * snapshot.cost.decode_loop_ms(len(snapshot.running))
 
     def stall_budget_ms(self, snapshot: EngineSnapshot) -> float:
@@ -125,10 +125,9 @@ class SloAwareStrategy(SchedulingStrategy):
         engine's fastest recent decode loops (its whole output counted, as the client measures TPOT)."""
         if seq.slo_tpot_ms is None or seq.first_token_s is None or seq.max_new_tokens <= 1:
             return False
-        elapsed = max(0.0, snapshot.now_s - seq.first_token_s) * 1000.0 + snapshot.inflight_ms
+        elapsed = _ms_since_first_token(snapshot, seq)
         fastest = snapshot.cost.decode_floor_ms or snapshot.cost.decode_loop_ms(1)
-        remaining = max(0, seq.max_new_tokens - seq.generated_tokens)
-        return elapsed + remaining * fastest > seq.slo_tpot_ms * (seq.max_new_tokens - 1)
+        return elapsed + seq.tokens_left * fastest > seq.slo_tpot_ms * (seq.max_new_tokens - 1)
 
     def _unattainable(self, snapshot: EngineSnapshot, seq: SeqView) -> str | None:
         """Why ``seq`` cannot meet its SLO whatever this strategy does, or None.
@@ -358,9 +357,8 @@ class SloAwareStrategy(SchedulingStrategy):
     def tpot_allowance_left_ms(snapshot: EngineSnapshot, seq: SeqView, loop_ms: float, pause_ms: float = 0.0) -> float:
         """What is left of ``seq``'s whole-output TPOT allowance if it waits ``pause_ms`` and then decodes
         its remaining tokens at ``loop_ms`` each (negative: it misses its target)."""
-        elapsed = max(0.0, snapshot.now_s - seq.first_token_s) * 1000.0 + snapshot.inflight_ms
-        remaining = max(0, seq.max_new_tokens - seq.generated_tokens)
-        return seq.slo_tpot_ms * (seq.max_new_tokens - 1) - elapsed - pause_ms - remaining * loop_ms
+        elapsed = _ms_since_first_token(snapshot, seq)
+        return seq.slo_tpot_ms * (seq.max_new_tokens - 1) - elapsed - pause_ms - seq.tokens_left * loop_ms
 
     def hold_from_round(self, snapshot: EngineSnapshot) -> frozenset[int]:
         """Who sits out the next decode round (see "Pacing decode rounds" above)."""
@@ -415,6 +413,11 @@ class SloAwareStrategy(SchedulingStrategy):
         if not engine_choice and urgent_slack <= decode_step_ms:
             return True
         return engine_choice
+
+
+def _ms_since_first_token(snapshot: EngineSnapshot, seq: SeqView) -> float:
+    """Time from ``seq``'s first token to the end of the step in flight."""
+    return max(0.0, snapshot.now_s - seq.first_token_s) * 1000.0 + snapshot.inflight_ms
 
 
 def _prefill_started(seq: SeqView) -> bool:

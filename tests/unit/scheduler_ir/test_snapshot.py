@@ -10,6 +10,8 @@ def test_seq_view_arithmetic_and_validation():
     assert seq.total_tokens == 100
     assert seq.waited_s(12.5) == 2.5
     assert seq.waited_s(5.0) == 0.0
+    assert running(4, generated=30, max_new_tokens=32).tokens_left == 2
+    assert running(4, generated=33, max_new_tokens=32).tokens_left == 0
     with pytest.raises(ValueError, match=r"SeqView.pending_tokens: got 0; accepted: an integer >= 1 for a waiting"):
         SeqView(seq_id=1, request_id="r", state="waiting", arrival_s=0.0, pending_tokens=0)
     with pytest.raises(ValueError, match=r"SeqView.slo_ttft_ms: got -5"):
