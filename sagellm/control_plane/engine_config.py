@@ -118,6 +118,7 @@ class EngineStartConfig:
     )
     sched_decode_loops: int = _same_as(SchedulerConfig, "sched_decode_loops")
     sched_round_cut: bool = _same_as(SchedulerConfig, "sched_round_cut")
+    sched_prefill_split: bool = _same_as(SchedulerConfig, "sched_prefill_split")
     sched_decode_pacing: bool = _same_as(SchedulerConfig, "sched_decode_pacing")
     draft_model: Optional[str] = field(
         default=None,
@@ -206,7 +207,8 @@ class EngineStartConfig:
             scheduler=self.scheduler, sched_trace=self.sched_trace, sched_aging_s=self.sched_aging_s,
             sched_chunk_tokens=self.sched_chunk_tokens, sched_on_unattainable=self.sched_on_unattainable,
             sched_tenant_weights=dict(self.sched_tenant_weights), sched_decode_loops=self.sched_decode_loops,
-            sched_round_cut=self.sched_round_cut, sched_decode_pacing=self.sched_decode_pacing,
+            sched_round_cut=self.sched_round_cut, sched_prefill_split=self.sched_prefill_split,
+            sched_decode_pacing=self.sched_decode_pacing,
         )
 
     def spec_decode_profile(self):

@@ -8,6 +8,7 @@ from sagellm.scheduler_ir.config import SchedulerConfig, StrategyOptions, to_env
 from sagellm.scheduler_ir.cost import StepCostModel
 from sagellm.scheduler_ir.decisions import ENGINE_BUDGET, WaitingDecision
 from sagellm.scheduler_ir.executor import PrefillStep, StepExecutor, StrategyError
+from sagellm.scheduler_ir.prefill_steps import prefill_batch_size
 from sagellm.scheduler_ir.rounds import RoundCut, RoundProgress, round_cut
 from sagellm.scheduler_ir.passes import SplitResult, merge_kv_moves, split_long_prefills
 from sagellm.scheduler_ir.snapshot import CostEstimate, EngineSnapshot, KVMoveKind, KVMoveView, SeqState, SeqView
@@ -40,6 +41,7 @@ __all__ = [
     "build_strategy",
     "merge_kv_moves",
     "node_seq_id",
+    "prefill_batch_size",
     "read_records",
     "round_cut",
     "split_long_prefills",

@@ -92,6 +92,13 @@ class SchedulerConfig:
                           "fit in the batch and the loops they would sit out outweigh a prefill (slo_aware: any "
                           "that fits); false: LMDeploy's fixed rounds, always run to their last loop"},
     )
+    sched_prefill_split: bool = field(
+        default=True,
+        metadata={"help": "take waiting requests into separate prefill steps when, by the step cost model, that "
+                          "gets first tokens out sooner in all (where prefill compute outweighs a step's fixed "
+                          "cost, e.g. the CPU; under load the engine's batching stands); false: LMDeploy's one "
+                          "step for every request that fits"},
+    )
     sched_decode_pacing: bool = field(
         default=False,
         metadata={"help": "slo_aware: a running request whose TPOT target has time to spare sits out a decode "
@@ -139,6 +146,7 @@ def to_environment(config: SchedulerConfig) -> dict[str, str]:
         env_name("sched_tenant_weights"): ",".join(f"{k}={v!r}" for k, v in sorted(config.sched_tenant_weights.items())),
         env_name("sched_decode_loops"): str(config.sched_decode_loops),
         env_name("sched_round_cut"): "true" if config.sched_round_cut else "false",
+        env_name("sched_prefill_split"): "true" if config.sched_prefill_split else "false",
         env_name("sched_decode_pacing"): "true" if config.sched_decode_pacing else "false",
     }
     if config.sched_trace:

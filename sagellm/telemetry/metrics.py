@@ -33,7 +33,7 @@ KV_BLOCK_STATES: tuple[str, ...] = ("used", "free")
 TRANSFER_DIRECTIONS: tuple[str, ...] = ("offload", "onload")
 SLO_KINDS: tuple[str, ...] = ("ttft", "tpot")
 SCHEDULER_EVENTS: tuple[str, ...] = (
-    "round_cut_all_finished", "round_cut_admit_waiting", "held_from_round", "rejected",
+    "round_cut_all_finished", "round_cut_admit_waiting", "held_from_round", "prefill_split", "rejected",
 )
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 

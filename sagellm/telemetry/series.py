@@ -114,7 +114,8 @@ ENGINE_SERIES: tuple[SeriesSpec, ...] = (
     SeriesSpec(
         "sagellm_scheduler_events", "counter",
         "Scheduler decisions: decode rounds ended early (round_cut_all_finished, round_cut_admit_waiting), "
-        "requests held out of a decode round (held_from_round), requests rejected (rejected).", ("event",),
+        "requests held out of a decode round (held_from_round), waiting requests left for a later prefill "
+        "step (prefill_split), requests rejected (rejected).", ("event",),
     ),
     SeriesSpec(
         "sagellm_slo_misses", "counter",

@@ -89,6 +89,11 @@ is not repeated for the same queue until a prefill has run, so a queue the next 
 CPU (tiny model, cut off/on, alternating runs): TTFT p50 at concurrency 1 63/61 -> 34/37 ms,
 at concurrency 8 157/156 -> 83/83 ms, output throughput within the runs' noise.
 
+Prefill steps of one request each: LMDeploy takes every waiting request that fits into one prefill
+step. When a request's prefill compute outweighs the step's fixed cost for those it would delay
+(``sagellm.scheduler_ir.prefill_steps``, from the learned step costs), ``stop_admission`` ends the
+step's admission before it, and the request gets the next prefill step.
+
 How a prompt is split across steps (LMDeploy 0.11 has no chunked prefill): the sequence's token
 buffer is cut at the chunk end (a KV-block boundary) and the rest kept aside, so the engine
 prefills only the chunk. When that step's outputs arrive -- before LMDeploy appends the token it
@@ -127,6 +132,7 @@ from sagellm.scheduler_ir import (
     StepCostModel,
     StepExecutor,
     build_strategy,
+    prefill_batch_size,
 )
 from sagellm.telemetry import metrics
 
@@ -165,6 +171,8 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self._chunks: dict[int, _Chunk] = {}
         self._chunk_ends: dict[int, int] = {}
         self._candidates: set[int] | None = None  # None: no veto (passthrough)
+        self._admit_limit: int | None = None  # most requests the prefill step being scheduled takes
+        self._admitted = 0
         self._first_token_s: dict[int, float] = {}
         self._last_output_s = 0.0
         self._scheduled_s = {True: 0.0, False: 0.0}  # is_prefill -> time the last such step was scheduled
@@ -175,6 +183,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self._futile_waiting: int | None = None  # waiting count a round was cut for, until a prefill runs
         self._held: frozenset[int] = frozenset()  # sequences held out of the last decode round scheduled
         self.rejected = 0
+        self.prefill_splits = 0
         self.round_cuts = {reason: 0 for reason in RoundCut}
         self.held_from_rounds = 0
 
@@ -203,8 +212,10 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self._restore_unadmitted(scheduler)
         self._chunk_ends = {}
         self._candidates = None
+        self._admitted = 0
         self._scheduled_s[True] = time.time()
         if self.passthrough:
+            self._admit_limit = self._prefill_batch_limit(scheduler, waiting)
             return waiting
         self.step += 1
         snapshot = self.snapshot(scheduler, waiting=waiting)
@@ -215,12 +226,16 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self._chunk_ends = dict(step.chunk_ends)
         self._candidates = set(step.order)
         others = [seq for seq in waiting if seq.seq_id not in self._candidates and seq.seq_id not in step.rejected]
-        return [by_id[seq_id] for seq_id in step.order] + others
+        candidates = [by_id[seq_id] for seq_id in step.order]
+        self._admit_limit = self._prefill_batch_limit(scheduler, candidates)
+        return candidates + others
 
     def stop_admission(self, scheduler, seq) -> bool:
-        if self._candidates is None:
-            return False
-        if seq.seq_id not in self._candidates:
+        if self._admit_limit is not None and self._admitted >= self._admit_limit:
+            self.prefill_splits += 1
+            metrics.scheduler_event("prefill_split")
+            return True
+        if self._candidates is not None and seq.seq_id not in self._candidates:
             return True
         end = self._chunk_ends.get(seq.seq_id)
         if end is not None and seq.num_history_ids < end < seq.num_all_ids:
@@ -228,7 +243,19 @@ class SagellmSchedulerHooks(SchedulerHooks):
             seq.history_cache.resize(end)
             seq._num_token_ids = end - seq.num_history_ids
             self._chunks[seq.seq_id] = _Chunk(seq, end, tail)
+        self._admitted += 1
         return False
+
+    def _prefill_batch_limit(self, scheduler, candidates) -> int | None:
+        """How many of ``candidates`` (in admission order) the prefill step takes; None: no limit."""
+        if not self.config.sched_prefill_split or len(candidates) < 2:
+            return None
+        pending = []
+        for seq in candidates:
+            end = self._chunk_ends.get(seq.seq_id, seq.num_all_ids)
+            pending.append(max(1, min(end, seq.num_all_ids) - int(seq.num_history_ids)))
+        running = scheduler.num_running() + scheduler.seq_manager.num_sequences(MessageStatus.LOCKED)
+        return prefill_batch_size(pending, running, self.cost.estimate())
 
     def order_running(self, scheduler, running):
         self._scheduled_s[False] = time.time()

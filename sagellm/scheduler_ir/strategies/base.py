@@ -11,9 +11,14 @@ A strategy never touches the engine. It answers five questions the seam asks eac
 - ``hold_from_round``: which running requests sit out the decode round being scheduled.
 
 The defaults reproduce LMDeploy 0.11: engine order everywhere, the newest candidate is preempted,
-the engine's prefill/decode choice stands. One exception: a decode round ends early when every
-sequence in it finished or a waiting request could join (``rounds.round_cut``; the seam skips it
-with ``sched_round_cut`` off).
+the engine's prefill/decode choice stands. Two exceptions, both applied by the seam to every
+strategy:
+
+- a decode round ends early when every sequence in it finished or a waiting request could join
+  (``rounds.round_cut``; off with ``sched_round_cut``);
+- where prefill compute outweighs a step's fixed cost, a prefill step may take fewer of the
+  requests in the strategy's order than fit (``prefill_steps.prefill_batch_size``; off with
+  ``sched_prefill_split``).
 """
 
 from __future__ import annotations

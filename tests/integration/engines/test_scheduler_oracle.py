@@ -154,6 +154,19 @@ def test_without_round_cuts_every_round_runs_to_its_end(model_and_reference, lon
     assert sum(hooks.round_cuts.values()) == 0
 
 
+@pytest.mark.parametrize("name", ["fifo", "slo_aware"])
+def test_prefill_steps_of_one_request_each_are_token_identical(name, model_and_reference, hooks_slot):
+    """The cost model starts out compute-bound (as learned on a CPU), so the 16 prompts submitted at
+    once are prefilled over many steps instead of a few full ones."""
+    model_dir, _, reference = model_and_reference
+    hooks = SagellmSchedulerHooks(SchedulerConfig(**STRATEGIES[name]))
+    hooks.cost.observe_prefill(4, 45.0)
+    hooks.cost.observe_prefill(8, 85.0)
+    set_sched_hooks(hooks)
+    assert run_engine(model_dir) == reference
+    assert hooks.prefill_splits > 0
+
+
 class _FakeAlternateHolding(FifoStrategy):
     """Test double: engine order everywhere; every other decode round, the running sequence with the
     longest history sits it out (what ``slo_aware``'s pacing does to a document beside chats)."""

@@ -375,6 +375,43 @@ def test_a_round_ends_for_a_waiting_request_once_until_a_prefill_runs():
     assert hooks.round_cuts[RoundCut.ADMIT_WAITING] == 2
 
 
+def _learn_compute_bound_prefills(hooks):
+    """Prefill steps as on a CPU: 5 ms fixed plus 10 ms per token."""
+    hooks.cost.observe_prefill(4, 45.0)
+    hooks.cost.observe_prefill(8, 85.0)
+
+
+def _three_waiting(scheduler):
+    return [add(scheduler, i, list(range(10 * i, 10 * i + 8))) for i in range(3)]
+
+
+@pytest.mark.parametrize("scheduler_name", ["fifo", "priority", "slo_aware"])
+def test_compute_bound_prefills_take_one_waiting_request_per_step(scheduler_name, recorded_metrics):
+    hooks = install(scheduler_name)
+    _learn_compute_bound_prefills(hooks)
+    scheduler = make_scheduler()
+    _three_waiting(scheduler)
+    assert sessions(scheduler.schedule(is_prefill=True).running) == [0]  # 1 x 80 ms >= 5 x (1 + 1 behind)
+    assert sessions(scheduler.schedule(is_prefill=True).running) == [1]  # 80 >= 5 x (1 + 1 running)
+    assert sessions(scheduler.schedule(is_prefill=True).running) == [2]
+    assert hooks.prefill_splits == 2
+    assert recorded_metrics("sagellm_scheduler_events_total", event="prefill_split") == 2
+
+
+@pytest.mark.parametrize("make_hooks, learned", [
+    (lambda: install("fifo", sched_prefill_split=False), True),
+    (lambda: install("fifo"), False),  # no prefill step observed yet
+    (lambda: set_sched_hooks(None), False),  # stock
+])
+def test_one_prefill_step_takes_every_waiting_request_when_split_is_off_unlearned_or_stock(make_hooks, learned):
+    hooks = make_hooks()
+    if learned:
+        _learn_compute_bound_prefills(hooks)
+    scheduler = make_scheduler()
+    _three_waiting(scheduler)
+    assert sessions(scheduler.schedule(is_prefill=True).running) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("make_hooks", [
     lambda: SchedulerHooks(),  # stock: every round runs to its end
     lambda: SagellmSchedulerHooks(SagellmSchedulerConfig(sched_round_cut=False)),

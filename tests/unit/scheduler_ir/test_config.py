@@ -8,7 +8,7 @@ def test_env_round_trip_of_every_option():
     config = SchedulerConfig(
         scheduler="fair", sched_trace="/tmp/t.jsonl", sched_aging_s=2.5, sched_chunk_tokens=128,
         sched_on_unattainable="defer", sched_tenant_weights={"gold": 4.0, "free": 1.0}, sched_decode_loops=3,
-        sched_round_cut=False,
+        sched_round_cut=False, sched_prefill_split=False,
     )
     env = to_environment(config)
     assert env["SAGELLM_SCHEDULER"] == "fair"
