@@ -27,6 +27,7 @@ PLUGINS.register("scheduler", "sagellm.engines.lmdeploy.scheduling:install_sched
 PLUGINS.register("slowdown", "sagellm.engines.lmdeploy.slowdown:register_slowdown")
 PLUGINS.register("session_end", "sagellm.engines.lmdeploy.session_end:install_session_end")
 PLUGINS.register("text_tail", "sagellm.engines.lmdeploy.text_tail:install_text_tail")
+PLUGINS.register("trie_leaves", "sagellm.engines.lmdeploy.trie_leaves:install_trie_leaves")
 
 _installed: set[str] = set()
 
