@@ -120,6 +120,7 @@ from lmdeploy.pytorch.sched_hooks import SchedulerHooks, set_sched_hooks
 
 from sagellm.core.config import load_config
 from sagellm.core.request import RequestMetadata
+from sagellm.engines.lmdeploy.loop_guard import guard_engine_loop
 from sagellm.engines.lmdeploy.scheduling_api import SCOPE_KEY, SchedulingMiddleware, rejection_text
 from sagellm.scheduler_ir import (
     EngineSnapshot,
@@ -198,6 +199,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
 
     def attach(self, engine) -> None:
         self.engine = engine
+        guard_engine_loop(engine)
         self.synchronous_device = getattr(engine.engine_config, "device_type", None) in SYNCHRONOUS_DEVICES
         if self.config.sched_trace:
             self.executor.tracer = PlanTracer(self.config.sched_trace)

@@ -8,6 +8,7 @@ and preempt. Every request carries metadata (priority, tenant, generous SLOs) on
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -165,6 +166,39 @@ def test_prefill_steps_of_one_request_each_are_token_identical(name, model_and_r
     set_sched_hooks(hooks)
     assert run_engine(model_dir) == reference
     assert hooks.prefill_splits > 0
+
+
+class _FakeFaultAfterThreeRounds(SagellmSchedulerHooks):
+    """Test double: scheduling the fourth decode round raises, which stops LMDeploy's engine loop."""
+
+    def __init__(self):
+        super().__init__(SchedulerConfig(scheduler="fifo"))
+        self.rounds = 0
+
+    def order_running(self, scheduler, running):
+        self.rounds += 1
+        if self.rounds > 3:
+            raise RuntimeError("injected scheduler fault")
+        return super().order_running(scheduler, running)
+
+
+def test_requests_in_flight_get_an_error_when_the_engine_loop_stops(model_and_reference, hooks_slot):
+    """Without the loop guard the requests would wait forever; here each ends with an error."""
+    from lmdeploy import GenerationConfig
+
+    set_sched_hooks(_FakeFaultAfterThreeRounds())
+    pipe = build_pipeline(model_and_reference[0], max_batch_size=6)
+    finished = []
+    try:
+        gen = GenerationConfig(max_new_tokens=200, do_sample=False, top_k=1, ignore_eos=True)
+        worker = threading.Thread(target=lambda: finished.extend(pipe.batch_infer(PROMPTS[:4], gen_config=gen,
+                                                                                  do_preprocess=False)), daemon=True)
+        worker.start()
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "requests in flight were never answered"
+    finally:
+        pipe.close()
+    assert [r.finish_reason for r in finished] == ["error"] * 4
 
 
 class _FakeAlternateHolding(FifoStrategy):
