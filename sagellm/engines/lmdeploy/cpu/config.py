@@ -18,9 +18,9 @@ class CpuDeviceConfig:
                           "as its work fills (small decode steps on 1 thread, prefill on every usable core)"},
     )
     cpu_gflop_per_thread: float = field(
-        default=1.0,
+        default=0.5,
         metadata={"help": "with cpu_threads None: a forward gets one thread per this many GFLOP of work "
-                          "(at least 1, at most the usable cores)"},
+                          "(at least 1, at most the usable cores less those other processes keep busy)"},
     )
     cpu_dense_kv_mib: int = field(
         default=1024,

@@ -1,7 +1,7 @@
 """Per-forward choices of the cpu device that depend on state kept across steps.
 
 * :func:`thread_policy`: intra-op threads of a forward (``threads.py``), from the model's shape
-  and ``CpuDeviceConfig``.
+  and ``CpuDeviceConfig``; :func:`busy_elsewhere` caps them at the cores other processes leave free.
 * :func:`native_decode`: whether a decode forward's attention runs on the native kernel straight
   over the paged cache (``sagellm.accel.kernels.cpu.native``); such a step keeps no dense copy.
 * :func:`plan_step`: otherwise, whether this forward's layers append to, rebuild, or skip their dense decode
@@ -22,13 +22,14 @@ from sagellm.accel.kernels.cpu.native.attention import decode_tables_checked
 from sagellm.accel.kernels.cpu.native.ops import token_slots_checked
 from sagellm.accel.kernels.cpu.packed_batch import token_cache_slots
 from sagellm.engines.lmdeploy.cpu.config import cpu_device_config, usable_cores
-from sagellm.engines.lmdeploy.cpu.threads import ThreadPolicy, flop_per_token
+from sagellm.engines.lmdeploy.cpu.threads import BusyElsewhere, ThreadPolicy, flop_per_token
 
 _MIB = 1 << 20
 
 # first layer's K cache data pointer -> (weak reference to that tensor, its engine's dense history)
 _dense_by_cache: dict[int, tuple[weakref.ref, DenseDecodeKV]] = {}
 _policies: dict[tuple, ThreadPolicy] = {}
+_busy_elsewhere: BusyElsewhere | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,14 @@ def thread_policy(model_config) -> ThreadPolicy:
             flop_per_token=flop_per_token(*shape),
         )
     return policy
+
+
+def busy_elsewhere() -> BusyElsewhere:
+    """This process's measure of the cores other processes keep busy (one for the process)."""
+    global _busy_elsewhere
+    if _busy_elsewhere is None:
+        _busy_elsewhere = BusyElsewhere()
+    return _busy_elsewhere
 
 
 def dense_history(kv_caches) -> DenseDecodeKV | None:

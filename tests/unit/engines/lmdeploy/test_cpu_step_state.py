@@ -12,7 +12,7 @@ from sagellm.accel.kernels.cpu import DensePlan, pack_batch
 from sagellm.core.config import load_config
 from sagellm.engines.lmdeploy.cpu import step_state
 from sagellm.engines.lmdeploy.cpu.config import CpuDeviceConfig
-from sagellm.engines.lmdeploy.cpu.threads import ThreadPolicy, flop_per_token
+from sagellm.engines.lmdeploy.cpu.threads import BusyElsewhere, ThreadPolicy, flop_per_token
 
 
 def test_config_from_environment():
@@ -159,3 +159,57 @@ def test_norm_and_rotary_take_the_native_builders_when_on_and_built(monkeypatch,
     rot = lambda t: torch.cat([-t[..., 4:], t[..., :4]], -1)  # noqa: E731
     assert torch.equal(q_out, q * cos[:, None] + rot(q) * sin[:, None])
     assert torch.equal(k_out, k * cos[:, None] + rot(k) * sin[:, None])
+
+
+def test_threads_stop_at_the_cores_other_processes_leave_free():
+    policy = ThreadPolicy(max_threads=2, gflop_per_thread=0.5, flop_per_token=5e6)
+    asked = []
+
+    def busy(value):
+        return lambda: asked.append(value) or value
+
+    assert policy.threads_for(400, busy(0.1)) == 2  # the other core is idle
+    assert policy.threads_for(400, busy(0.3)) == 1  # 2 - 0.3 + 0.25 < 2
+    assert policy.threads_for(400, busy(None)) == 2  # not measured yet
+    assert policy.threads_for(99, busy(0.0)) == 1 and asked == [0.1, 0.3, None]  # one thread's work: not asked
+
+
+class _FakeClock:
+    def __init__(self):
+        self.wall = 0.0
+        self.own = 0.0
+
+    def advance(self, wall, own):
+        self.wall += wall
+        self.own += own
+
+
+def _stat(path, busy_ticks, idle_ticks):
+    # user nice system idle iowait irq softirq steal, in ticks of 1/100 s
+    path.write_text(f"cpu  {busy_ticks} 0 0 {idle_ticks} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
+
+
+def test_busy_elsewhere_is_the_machine_busy_time_less_this_process_per_wall_second(tmp_path):
+    stat = tmp_path / "stat"
+    clock = _FakeClock()
+    probe = BusyElsewhere(interval_s=0.1, stat_path=str(stat), clock=lambda: clock.wall,
+                          own_cpu_s=lambda: clock.own, ticks_per_s=100)
+    _stat(stat, 1000, 5000)
+    assert probe() is None  # no interval yet
+    clock.advance(wall=0.5, own=0.5)
+    _stat(stat, 1080, 5020)  # 0.8 CPU-s busy on the machine, 0.5 of them ours
+    assert probe() == pytest.approx(0.6)
+    clock.advance(wall=0.05, own=0.05)
+    _stat(stat, 2000, 5020)
+    assert probe() == pytest.approx(0.6)  # within the interval: the last value
+    clock.advance(wall=0.05, own=0.05)
+    assert probe() == pytest.approx((9.2 - 0.1) / 0.1)
+
+
+@pytest.mark.parametrize("content", [None, "", "intr 1 2 3\n", "cpu  x y z w\n"])
+def test_busy_elsewhere_is_unknown_without_a_readable_proc_stat(tmp_path, content):
+    stat = tmp_path / "stat"
+    if content is not None:
+        stat.write_text(content)
+    probe = BusyElsewhere(stat_path=str(stat))
+    assert probe() is None and probe() is None
