@@ -159,6 +159,25 @@ class RunningPeak:
 LAYOUT_AS: dict[str, str] = {"fp8_e4m3": "int8", "fp8_e5m2": "int8"}
 
 
+def _admit_every_fitting_sequence():
+    """Install sagellm's scheduling hooks without one-request prefill steps; returns the undo.
+
+    The capacity pass checks that every sequence the KV budget holds runs at once. Prefilled one
+    per step (the default on the CPU), the first would finish their few tokens before the last got
+    in. Plugins load first, so that their own install does not replace these hooks.
+    """
+    from lmdeploy.pytorch.plugins import load_plugins
+    from lmdeploy.pytorch.sched_hooks import get_sched_hooks, set_sched_hooks
+
+    from sagellm.engines.lmdeploy.scheduling import SagellmSchedulerHooks
+    from sagellm.scheduler_ir import SchedulerConfig
+
+    load_plugins()
+    previous = get_sched_hooks()
+    set_sched_hooks(SagellmSchedulerHooks(SchedulerConfig(sched_prefill_split=False)))
+    return lambda: set_sched_hooks(previous)
+
+
 def run_config(cfg: KVConfig, args, shape: dict) -> dict:
     import torch
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
@@ -184,8 +203,13 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
     prompts = make_prompts(args.model, max(capacity, args.common_batch), args.prompt_len)
 
     set_kv_quant_storage(cfg.kv_dtype)  # read by the cache engine when it allocates
+    restore_hooks = _admit_every_fitting_sequence()
     t0 = time.perf_counter()
-    pipe = pipeline(args.model, backend_config=PytorchEngineConfig(**engine), log_level="ERROR")
+    try:
+        pipe = pipeline(args.model, backend_config=PytorchEngineConfig(**engine), log_level="ERROR")
+    except BaseException:
+        restore_hooks()
+        raise
     load_s = time.perf_counter() - t0
 
     def generate(batch):
@@ -224,6 +248,7 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
         at_common = timed(prompts[: args.common_batch])
     finally:
         pipe.close()
+        restore_hooks()
     return {
         "config": cfg.name,
         "kv_dtype": profile.kv_cache_dtype(cfg.model_dtype),

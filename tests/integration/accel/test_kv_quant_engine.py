@@ -74,13 +74,17 @@ def test_engine_matches_transformers_with_the_same_kv_grid(model_dir, guard, kv_
     from lmdeploy.tokenizer import Tokenizer
     from transformers import AutoModelForCausalLM
 
+    from sagellm.engines.lmdeploy.cpu import step_state
     from sagellm.engines.lmdeploy.cpu.config import cpu_device_config
 
     # the same grid needs bitwise the same K/V: oneDNN's packed linear rounds differently from the
     # F.linear transformers runs, the native RMSNorm sums its squares in another order, and a value
-    # on a rounding boundary then lands one code off
+    # on a rounding boundary then lands one code off; and the engine's matmuls run on as many threads
+    # as the reference's (it otherwise picks per forward, from the work and the cores left free)
     monkeypatch.setenv("SAGELLM_CPU_PACKED_LINEAR", "0")
     monkeypatch.setenv("SAGELLM_CPU_NATIVE_KERNELS", "0")
+    monkeypatch.setenv("SAGELLM_CPU_THREADS", str(torch.get_num_threads()))
+    monkeypatch.setattr(step_state, "_policies", {})  # thread policies built from the earlier settings
     cpu_device_config.cache_clear()
     request.addfinalizer(cpu_device_config.cache_clear)  # later tests read the environment again
 
