@@ -531,6 +531,13 @@ def test_before_a_prefill_on_a_synchronous_device_the_loop_runs_until_idle(devic
     assert _turns_before_forward(hooks, is_decoding) == hops
 
 
+def test_the_first_decode_forward_after_a_prefill_drains_too():
+    hooks = SagellmSchedulerHooks(SagellmSchedulerConfig())
+    hooks.attach(RecordingEngine("cpu"))
+    ran = [_turns_before_forward(hooks, is_decoding) for is_decoding in (True, False, True, True, False, True)]
+    assert ran == [0, 20, 20, 0, 20, 20]  # the prefill's first tokens leave before the next forward
+
+
 def test_the_default_before_forward_does_not_yield():
     assert _turns_before_forward(SchedulerHooks(), is_decoding=False) == 0
 
