@@ -202,15 +202,7 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
     gen = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, top_k=1, ignore_eos=True)
     prompts = make_prompts(args.model, max(capacity, args.common_batch), args.prompt_len)
 
-    set_kv_quant_storage(cfg.kv_dtype)  # read by the cache engine when it allocates
-    restore_hooks = _admit_every_fitting_sequence()
-    t0 = time.perf_counter()
-    try:
-        pipe = pipeline(args.model, backend_config=PytorchEngineConfig(**engine), log_level="ERROR")
-    except BaseException:
-        restore_hooks()
-        raise
-    load_s = time.perf_counter() - t0
+    pipe = None  # built below, between the hooks' install and their undo
 
     def generate(batch):
         requests = (
@@ -239,7 +231,12 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
                 "output_tokens": lengths[0], "output_tok_per_s": round(lengths[0] / wall, 1),
                 "peak_running": max(peaks), "preemptions": sum(preemptions), "all_tokens": all(n == len(batch) * args.new_tokens for n in lengths)}
 
+    set_kv_quant_storage(cfg.kv_dtype)  # read by the cache engine when it allocates
+    restore_hooks = _admit_every_fitting_sequence()
     try:
+        t0 = time.perf_counter()
+        pipe = pipeline(args.model, backend_config=PytorchEngineConfig(**engine), log_level="ERROR")
+        load_s = time.perf_counter() - t0
         cache_engine = pipe.engine.executor.model_agent.cache_engine
         allocated = sum(t.numel() * t.element_size() for t in cache_engine.full_gpu_cache)
         cache_dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in cache_engine.full_gpu_cache})
@@ -247,7 +244,8 @@ def run_config(cfg: KVConfig, args, shape: dict) -> dict:
         at_capacity = timed(prompts[:capacity])
         at_common = timed(prompts[: args.common_batch])
     finally:
-        pipe.close()
+        if pipe is not None:
+            pipe.close()
         restore_hooks()
     return {
         "config": cfg.name,
