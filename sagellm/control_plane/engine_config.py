@@ -120,6 +120,7 @@ class EngineStartConfig:
     sched_round_cut: bool = _same_as(SchedulerConfig, "sched_round_cut")
     sched_prefill_split: bool = _same_as(SchedulerConfig, "sched_prefill_split")
     sched_decode_pacing: bool = _same_as(SchedulerConfig, "sched_decode_pacing")
+    sched_tpot_reserve: float = _same_as(SchedulerConfig, "sched_tpot_reserve")
     draft_model: Optional[str] = field(
         default=None,
         metadata={"help": "speculative decoding: a small causal LM checkpoint sharing the model's vocabulary "
@@ -208,7 +209,7 @@ class EngineStartConfig:
             sched_chunk_tokens=self.sched_chunk_tokens, sched_on_unattainable=self.sched_on_unattainable,
             sched_tenant_weights=dict(self.sched_tenant_weights), sched_decode_loops=self.sched_decode_loops,
             sched_round_cut=self.sched_round_cut, sched_prefill_split=self.sched_prefill_split,
-            sched_decode_pacing=self.sched_decode_pacing,
+            sched_decode_pacing=self.sched_decode_pacing, sched_tpot_reserve=self.sched_tpot_reserve,
         )
 
     def spec_decode_profile(self):

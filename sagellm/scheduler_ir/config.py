@@ -28,6 +28,8 @@ class StrategyOptions:
         default_ttft_ms: slo_aware: deadline used to order requests that carry no TTFT SLO.
         tenant_weights: fair: tenant -> weight (default 1; '' is the anonymous tenant).
         decode_pacing: slo_aware: requests with time to spare may sit out decode rounds (``hold_from_round``).
+        tpot_reserve: slo_aware: share of each TPOT allowance a prefill step may not stall into (held
+            against the error of the step cost estimates).
     """
 
     aging_s: float = 5.0
@@ -37,6 +39,7 @@ class StrategyOptions:
     default_ttft_ms: float = 10_000.0
     tenant_weights: dict[str, float] = field(default_factory=dict)
     decode_pacing: bool = False
+    tpot_reserve: float = 0.1
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -45,6 +48,9 @@ class StrategyOptions:
         check_choice(owner, "on_unattainable", self.on_unattainable, UNATTAINABLE_ACTIONS)
         check_float(owner, "max_defer_s", self.max_defer_s, positive=True)
         check_float(owner, "default_ttft_ms", self.default_ttft_ms, positive=True)
+        check_float(owner, "tpot_reserve", self.tpot_reserve, minimum=0.0)
+        if self.tpot_reserve > 0.9:
+            raise invalid(owner, "tpot_reserve", self.tpot_reserve, "a share from 0 to 0.9")
         if not isinstance(self.decode_pacing, bool):
             raise invalid(owner, "decode_pacing", self.decode_pacing, "a boolean")
         if not isinstance(self.tenant_weights, dict):
@@ -105,6 +111,11 @@ class SchedulerConfig:
                           "round that requests with tighter targets would miss theirs in (its long history "
                           "slows every loop); off by default: no goodput gain measured on the 2-core CPU"},
     )
+    sched_tpot_reserve: float = field(
+        default=0.1,
+        metadata={"help": "slo_aware: share (0-0.9) of a running request's TPOT allowance that prefill steps may "
+                          "not stall into, against the error of the step cost estimates (0: plan to the limit)"},
+    )
 
     def __post_init__(self) -> None:
         from sagellm.scheduler_ir.strategies import STRATEGIES
@@ -131,6 +142,7 @@ class SchedulerConfig:
             on_unattainable=self.sched_on_unattainable,
             tenant_weights=dict(self.sched_tenant_weights),
             decode_pacing=self.sched_decode_pacing,
+            tpot_reserve=self.sched_tpot_reserve,
         )
 
 
@@ -148,6 +160,7 @@ def to_environment(config: SchedulerConfig) -> dict[str, str]:
         env_name("sched_round_cut"): "true" if config.sched_round_cut else "false",
         env_name("sched_prefill_split"): "true" if config.sched_prefill_split else "false",
         env_name("sched_decode_pacing"): "true" if config.sched_decode_pacing else "false",
+        env_name("sched_tpot_reserve"): repr(float(config.sched_tpot_reserve)),
     }
     if config.sched_trace:
         env[env_name("sched_trace")] = config.sched_trace

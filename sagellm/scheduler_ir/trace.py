@@ -36,6 +36,9 @@ def request_summary(seq: SeqView) -> dict[str, Any]:
         "computed_tokens": seq.computed_tokens,
         "pending_tokens": seq.pending_tokens,
         "generated_tokens": seq.generated_tokens,
+        # wall-clock seconds, as ``wall_s``: a request's wait before this plan and its TPOT clock
+        "arrival_s": seq.arrival_s,
+        "first_token_s": seq.first_token_s,
     }
 
 

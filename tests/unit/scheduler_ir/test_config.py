@@ -8,9 +8,10 @@ def test_env_round_trip_of_every_option():
     config = SchedulerConfig(
         scheduler="fair", sched_trace="/tmp/t.jsonl", sched_aging_s=2.5, sched_chunk_tokens=128,
         sched_on_unattainable="defer", sched_tenant_weights={"gold": 4.0, "free": 1.0}, sched_decode_loops=3,
-        sched_round_cut=False, sched_prefill_split=False,
+        sched_round_cut=False, sched_prefill_split=False, sched_decode_pacing=True, sched_tpot_reserve=0.25,
     )
     env = to_environment(config)
+    assert env["SAGELLM_SCHED_TPOT_RESERVE"] == "0.25"
     assert env["SAGELLM_SCHEDULER"] == "fair"
     assert env["SAGELLM_SCHED_TENANT_WEIGHTS"] == "free=1.0,gold=4.0"
     assert load_config(SchedulerConfig, env=env) == config
@@ -29,6 +30,8 @@ def test_bad_values_name_the_option_and_the_accepted_values():
         load_config(SchedulerConfig, env={"SAGELLM_SCHED_ON_UNATTAINABLE": "drop"})
     with pytest.raises(ConfigError, match=r"tenant_weights"):
         load_config(SchedulerConfig, env={"SAGELLM_SCHED_TENANT_WEIGHTS": "a=-1"})
+    with pytest.raises(ConfigError, match=r"tpot_reserve: got 1.0; accepted: a share from 0 to 0.9"):
+        load_config(SchedulerConfig, env={"SAGELLM_SCHED_TPOT_RESERVE": "1"})
 
 
 @pytest.mark.parametrize("scheduler, loops, expected", [

@@ -99,6 +99,7 @@ def test_tracer_records_every_plan_with_request_metadata(tmp_path):
     assert records[0]["requests"]["1"] == {
         "request_id": "r1", "state": "waiting", "priority": 2, "tenant": "acme", "slo_ttft_ms": 250.0,
         "slo_tpot_ms": None, "computed_tokens": 0, "pending_tokens": 10, "generated_tokens": 0,
+        "arrival_s": 0.0, "first_token_s": None,
     }
     assert records[1]["requests"]["4"]["slo_tpot_ms"] == 40.0
     assert records[0]["plan"]["graph"]["nodes"][0]["node_id"] == "prefill:1"

@@ -224,26 +224,29 @@ def test_slo_aware_chunks_long_prompts_and_sizes_the_step_to_the_tpot_slack():
     strat = build_strategy("slo_aware", StrategyOptions(chunk_tokens=256))
     snap = tpot_snapshot([waiting(1, arrival_s=100.0, pending=1000), waiting(2, arrival_s=100.0, pending=40),
                           waiting(3, arrival_s=100.0, pending=2000, chunkable=False)])
-    assert strat.tpot_slack_ms(snap, snap.running[1]) == pytest.approx(640.0)
+    # 50 ms x 0.9 (the default 10 % reserve) x (20 + 16) - 1000 ms since the first token - 16 x 10 ms
+    assert strat.tpot_slack_ms(snap, snap.running[1]) == pytest.approx(460.0)
     assert math.isinf(strat.tpot_slack_ms(snap, snap.running[0]))
     decision = strat.plan_waiting(snap)
     assert decision.order == (1, 2, 3)  # no TTFT targets: first come, first served
     assert decision.chunk_limits == {1: 256}
-    assert decision.step_token_budget == 640
+    assert decision.step_token_budget == 460
 
 
 def test_slo_aware_tpot_slack_counts_only_the_tokens_left():
     strat = build_strategy("slo_aware")
     # 31 of 32 tokens out, 240 ms since the first (8 ms each against a 20 ms target), 10 ms loops:
     # one token is left, so the allowance is 20 x 31 = 620 ms, not 20 x (30 + 16) for a whole round
+    # (less the 10 % reserve)
     last = running(9, first_token_s=99.76, generated=31, max_new_tokens=32, slo_tpot_ms=20.0)
     prompt = waiting(1, arrival_s=100.0, pending=400, slo_ttft_ms=5000, chunkable=False)
     snap = snapshot(now_s=100.0, waiting_seqs=[prompt], running_seqs=[last])
-    assert strat.tpot_slack_ms(snap, last) == pytest.approx(620.0 - 240.0 - 10.0)
+    assert strat.tpot_slack_ms(snap, last) == pytest.approx(0.9 * 620.0 - 240.0 - 10.0)
     # a 400 ms prefill now would make it miss; the prompt's TTFT can wait a round
     assert strat.choose_prefill(snap, True) is False
     far = running(9, first_token_s=99.76, generated=31, max_new_tokens=512, slo_tpot_ms=20.0)
-    assert strat.tpot_slack_ms(dataclasses.replace(snap, running=(far,)), far) == pytest.approx(20.0 * 46 - 240.0 - 160.0)
+    assert strat.tpot_slack_ms(dataclasses.replace(snap, running=(far,)), far) == pytest.approx(
+        0.9 * 20.0 * 46 - 240.0 - 160.0)
 
 
 def test_slo_aware_orders_running_by_tpot_slack_and_preempts_the_most_relaxed():
@@ -309,8 +312,26 @@ def test_slo_aware_does_not_protect_a_running_request_that_misses_its_tpot_anywa
     ok = running(8, first_token_s=99.9, generated=5, slo_tpot_ms=30.0, max_new_tokens=32)
     snap = snapshot(now_s=100.0, running_seqs=[lost, ok])
     assert strat.tpot_lost(snap, lost) is True and strat.tpot_lost(snap, ok) is False
-    # only 8 counts: 30 * (4 + 16) - 100 - 160
-    assert strat.stall_budget_ms(snap) == pytest.approx(340.0)
+    # only 8 counts: 30 * 0.9 * (4 + 16) - 100 - 160
+    assert strat.stall_budget_ms(snap) == pytest.approx(280.0)
+
+
+def test_slo_aware_keeps_a_share_of_each_tpot_allowance_in_reserve():
+    # 27 of 32 tokens out, the first 125 ms ago, 20 ms target, 10 ms loops: 5 loops left
+    seq = running(9, first_token_s=99.875, generated=27, max_new_tokens=32, slo_tpot_ms=20.0)
+    document = waiting(1, arrival_s=100.0, pending=400, slo_ttft_ms=5000)
+    snap = snapshot(now_s=100.0, waiting_seqs=[document], running_seqs=[seq])
+    to_the_limit = build_strategy("slo_aware", StrategyOptions(chunk_tokens=128, tpot_reserve=0.0))
+    reserved = build_strategy("slo_aware", StrategyOptions(chunk_tokens=128, tpot_reserve=0.2))
+    assert to_the_limit.stall_budget_ms(snap) == pytest.approx(20.0 * 31 - 125.0 - 50.0)  # 445
+    assert reserved.stall_budget_ms(snap) == pytest.approx(0.8 * 20.0 * 31 - 125.0 - 50.0)  # 321
+    # the step is sized to the stall budget (1 ms per token)
+    assert to_the_limit.plan_waiting(snap).step_token_budget == 445
+    assert reserved.plan_waiting(snap).step_token_budget == 321
+    # two chunks later (375 ms since the first token) a third 128-token chunk fits only without the reserve
+    later = dataclasses.replace(snap, now_s=100.25)
+    assert to_the_limit.choose_prefill(later, True) is True  # 195 ms left
+    assert reserved.choose_prefill(later, True) is False  # 71 ms left: decode first
 
 
 # ---------------------------------------------------------------- fair
