@@ -162,6 +162,8 @@ class StepCostModel:
         self._decode_plane = _Plane(plane_decay)
         self._recent_decodes: deque[tuple[int, float]] = deque(maxlen=FLOOR_WINDOW)
         self._recent_prefill_rates: deque[float] = deque(maxlen=PREFILL_FLOOR_WINDOW)
+        # the estimate is read several times per engine step and changes only with an observation
+        self._estimate: CostEstimate | None = None
 
     def _add(self, line: _Line, x: float, y: float) -> float:
         """Add (x, y) to ``line``, y clipped to the outlier bound; returns the y added."""
@@ -179,6 +181,7 @@ class StepCostModel:
         check_float("StepCostModel.observe_prefill", "ms", ms, minimum=0.0)
         self._add(self._prefill, float(tokens), float(ms))
         self._recent_prefill_rates.append(float(ms) / tokens)
+        self._estimate = None
 
     def observe_decode(self, batch: int, ms: float, kv_tokens: int | None = None) -> None:
         """One decode loop of ``batch`` sequences (``kv_tokens`` history tokens in all, if known) took ``ms``."""
@@ -190,8 +193,14 @@ class StepCostModel:
         if kv_tokens is not None:
             self._decode_plane.add(float(batch), float(kv_tokens), added)
         self._recent_decodes.append((batch, float(ms)))
+        self._estimate = None
 
     def estimate(self) -> CostEstimate:
+        if self._estimate is None:
+            self._estimate = self._fit()
+        return self._estimate
+
+    def _fit(self) -> CostEstimate:
         pa, pb = self._prefill.fit()
         da, db = self._decode.fit()
         per_kv = mean_kv = 0.0

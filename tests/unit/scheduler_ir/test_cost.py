@@ -156,3 +156,15 @@ def test_history_proportional_to_the_batch_keeps_the_line():
 def test_rejects_a_negative_history():
     with pytest.raises(ValueError, match="kv_tokens"):
         StepCostModel(PRIOR).observe_decode(1, 5.0, kv_tokens=-1)
+
+
+def test_the_estimate_is_refitted_only_after_an_observation():
+    model = StepCostModel(PRIOR)
+    first = model.estimate()
+    assert model.estimate() is first
+    model.observe_prefill(100, 20.0)
+    after_prefill = model.estimate()
+    assert after_prefill is not first and model.estimate() is after_prefill
+    model.observe_decode(2, 7.0)
+    assert model.estimate() is not after_prefill
+    assert model.estimate() == model._fit()
