@@ -50,10 +50,6 @@ FLOOR_PERCENTILE = 0.1
 #: steps and 1,500-token documents only (the interactive prompts being rejected on its word, so never
 #: observed) put 80 tokens at 170 ms and turned away 59 of 60 interactive requests on an idle engine.
 PREFILL_FLOOR_WINDOW = 64
-#: ... and 0 (no certain miss) until this many prefill steps were seen: the first steps of a fresh
-#: engine are slow (in goodput runs its second request, 83 tokens, was turned away on a floor of
-#: 1.1 ms per token; the floor over the steps that followed was 0.07 ms per token).
-PREFILL_FLOOR_MIN_SAMPLES = 4
 
 
 @dataclass
@@ -211,13 +207,8 @@ class StepCostModel:
             db = per_seq + per_kv * mean_kv
         return CostEstimate(prefill_fixed_ms=pa, prefill_ms_per_token=pb, decode_fixed_ms=da, decode_ms_per_seq=db,
                             decode_floor_ms=self._decode_floor(),
-                            prefill_floor_ms_per_token=self._prefill_floor(),
+                            prefill_floor_ms_per_token=min(self._recent_prefill_rates, default=0.0),
                             decode_ms_per_kv_token=per_kv, decode_mean_kv_per_seq=mean_kv)
-
-    def _prefill_floor(self) -> float:
-        if len(self._recent_prefill_rates) < PREFILL_FLOOR_MIN_SAMPLES:
-            return 0.0
-        return min(self._recent_prefill_rates)
 
     def _decode_floor(self) -> float:
         """The FLOOR_PERCENTILE of the smallest-batch loops among the last FLOOR_WINDOW decode loops.

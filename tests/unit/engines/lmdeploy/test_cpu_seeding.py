@@ -6,9 +6,9 @@ from sagellm.engines.lmdeploy.cpu import seeding
 
 @pytest.fixture
 def original_seed(monkeypatch):
-    original = torch.seed
-    monkeypatch.setattr(torch, "seed", original)  # undone after the test
-    return original
+    # torch's own function: the cpu plugin may have replaced torch.seed earlier in this process
+    monkeypatch.setattr(torch, "seed", torch.random.seed)  # undone after the test
+    return torch.random.seed
 
 
 def test_without_accelerators_torch_seed_reseeds_the_cpu_generator_only(monkeypatch, original_seed):
