@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import torch
 
-_MARKER = "__sagellm_cpu_seed__"
-
 
 def available_accelerators() -> list[str]:
     """The accelerator kinds ``torch.seed`` would seed that this process can use."""
@@ -39,12 +37,9 @@ def cpu_seed() -> int:
     return torch.default_generator.seed()
 
 
-setattr(cpu_seed, _MARKER, True)
-
-
 def install() -> bool:
     """Use :func:`cpu_seed` as ``torch.seed`` when no accelerator is available; whether it is in use."""
-    if getattr(torch.seed, _MARKER, False):
+    if torch.seed is cpu_seed:
         return True
     if available_accelerators():
         return False
