@@ -9,11 +9,13 @@ raises ``KeyError``.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
 from lmdeploy.pytorch.messages import SequenceMeta, UpdateTokenMode
+from lmdeploy.pytorch.paging.block_manager import base_block_manager
 from lmdeploy.pytorch.paging.block_trie import BlockTrie
 from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
 from lmdeploy.pytorch.paging.scheduler import Scheduler
@@ -40,6 +42,28 @@ def stock_allocate(monkeypatch):
     """BlockTrie.allocate as LMDeploy ships it (the plugin may be installed in this process)."""
     allocate = BlockTrie.allocate
     monkeypatch.setattr(BlockTrie, "allocate", getattr(allocate, "__wrapped__", allocate))
+
+
+@pytest.fixture
+def block_clock(monkeypatch):
+    """The block manager's clock, set by the test (it stamps access times with ``time.perf_counter``)."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(base_block_manager, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    return clock
+
+
+def _touch_the_tail_before_the_shared_block(trie, clock) -> None:
+    """Eviction pops leaves oldest first. LMDeploy stamps access times in whole seconds and both
+    blocks are freed in the same call, so the two tie and their order followed the leaf set's
+    iteration order (object ids): the stock reproduction failed in 2 of 4 full CI runs. Here the
+    longer prompt's tail is older than the shared block above it, the order that pops the shared
+    block twice."""
+    (tail,) = (node for node in trie.leaves if not node.children)
+    shared = tail.parent
+    clock.now = 1001.0
+    trie.allocator.update_access_time(np.array([tail.block]))
+    clock.now = 1002.0
+    trie.allocator.update_access_time(np.array([shared.block]))
 
 
 def _scheduler() -> Scheduler:
@@ -70,17 +94,19 @@ def _inner_nodes_in_leaf_set(trie) -> int:
     return sum(1 for node in trie.leaves if node.children)
 
 
-def test_stock_lmdeploy_keeps_a_grown_node_as_a_leaf_and_eviction_fails(stock_hooks, stock_allocate):
+def test_stock_lmdeploy_keeps_a_grown_node_as_a_leaf_and_eviction_fails(stock_hooks, stock_allocate, block_clock):
     scheduler = _scheduler()
     trie = _shorter_and_longer_decoded_together(scheduler)
     assert _inner_nodes_in_leaf_set(trie) == 1
     scheduler.end_session(0)
     scheduler.end_session(1)
+    _touch_the_tail_before_the_shared_block(trie, block_clock)
     with pytest.raises(KeyError):
         trie.evict(100)
 
 
-def test_with_the_plugin_the_leaf_set_stays_exact_and_every_block_can_be_evicted(stock_hooks, stock_allocate):
+def test_with_the_plugin_the_leaf_set_stays_exact_and_every_block_can_be_evicted(stock_hooks, stock_allocate,
+                                                                                  block_clock):
     trie_leaves.install_trie_leaves()
     trie_leaves.install_trie_leaves()  # idempotent: wrapped once
     assert BlockTrie.allocate.__wrapped__.__name__ == "allocate"
@@ -91,6 +117,7 @@ def test_with_the_plugin_the_leaf_set_stays_exact_and_every_block_can_be_evicted
     assert len(trie.leaves) == 1  # the longer prompt's last full block
     scheduler.end_session(0)
     scheduler.end_session(1)
+    _touch_the_tail_before_the_shared_block(trie, block_clock)
     assert trie.evict(100) == 3  # the shared 2 blocks and the longer prompt's third
     assert scheduler.block_manager.get_num_free_gpu_blocks() == 32
 
