@@ -9,8 +9,8 @@ from sagellm.engines.lmdeploy.cpu import device_module
 
 
 def test_all_is_default():
-    assert plugin.selected_plugins("") == ["api_guard", "auth", "cpu", "kv_tiers", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves"]
-    assert plugin.selected_plugins("all") == ["api_guard", "auth", "cpu", "kv_tiers", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves"]
+    assert plugin.selected_plugins("") == ["api_guard", "auth", "cpu", "kv_tiers", "logits_rows", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves"]
+    assert plugin.selected_plugins("all") == ["api_guard", "auth", "cpu", "kv_tiers", "logits_rows", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves"]
 
 
 def test_none_selects_nothing():
@@ -22,7 +22,7 @@ def test_list_is_sorted_and_deduplicated():
 
 
 def test_unknown_plugin_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown plugin\(s\) gpu; valid names: api_guard, auth, cpu, kv_tiers, metrics"):
+    with pytest.raises(ValueError, match=r"unknown plugin\(s\) gpu; valid names: api_guard, auth, cpu, kv_tiers, logits_rows, metrics"):
         plugin.selected_plugins("cpu,gpu")
 
 
