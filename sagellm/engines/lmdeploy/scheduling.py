@@ -88,7 +88,12 @@ forward. The first ``cut_round`` that decides to end the round fixes the end aft
 agent already ran, and both sides stop there. The agent's position is known only when it runs in
 the engine's process (the uni executor); elsewhere no round is cut. A cut made for waiting requests
 is not repeated for the same queue until a prefill has run, so a queue the next step cannot admit
-(no free blocks, or the strategy holds it back) does not end every round. Measured on the 2-core
+(no free blocks, or the strategy holds it back) does not end every round. Rounds of an engine that
+speculates are never cut: LMDeploy hands a round's draft tokens to its sequences only with the
+outputs of the round's last forward, so after a cut each sequence held no drafts and the tokens it
+had just accepted (one or more); the next decode batch then mixed query lengths, LMDeploy took them
+all from the first sequence, and the forward failed on a shape mismatch (6 tokens vs 5 positions),
+ending every request in flight (requests arriving while a speculative round ran, 2-core CPU). Measured on the 2-core
 CPU (tiny model, cut off/on, alternating runs): TTFT p50 at concurrency 1 63/61 -> 34/37 ms,
 at concurrency 8 157/156 -> 83/83 ms, output throughput within the runs' noise.
 
@@ -171,6 +176,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self.cost = StepCostModel()
         self.engine = None
         self.synchronous_device = False
+        self.round_cut = config.sched_round_cut
         self.step = 0
         self._chunks: dict[int, _Chunk] = {}
         self._chunk_ends: dict[int, int] = {}
@@ -205,6 +211,8 @@ class SagellmSchedulerHooks(SchedulerHooks):
         self.engine = engine
         guard_engine_loop(engine)
         self.synchronous_device = getattr(engine.engine_config, "device_type", None) in SYNCHRONOUS_DEVICES
+        # a speculative round hands out its draft tokens only after its last forward (module docstring)
+        self.round_cut = self.config.sched_round_cut and getattr(engine, "specdecode_config", None) is None
         if self.config.sched_trace:
             self.executor.tracer = PlanTracer(self.config.sched_trace)
         logger.info("sagellm scheduler: %s%s", self.strategy.describe(),
@@ -323,7 +331,7 @@ class SagellmSchedulerHooks(SchedulerHooks):
     def cut_round(self, engine, running, loop, num_loops) -> bool:
         if self._cut_before is not None:
             return loop + 1 >= self._cut_before
-        if not self.config.sched_round_cut or self._agent_loop is None or loop + 1 >= num_loops:
+        if not self.round_cut or self._agent_loop is None or loop + 1 >= num_loops:
             return False  # no agent in this process reports its loops (e.g. a multi-process executor)
         scheduler = engine.scheduler
         waiting = scheduler.num_waiting()

@@ -107,6 +107,36 @@ def test_greedy_speculative_output_is_token_identical(target, draft, prompt_ids,
         assert 0 < stats["accepted"] < stats["proposed"]
 
 
+def test_requests_arriving_during_a_speculative_round_are_token_identical(target, prompt_ids, reference):
+    """Four of the six requests arrive while the first two decode: with the scheduler's round cuts,
+    the round after the cut mixed sequences with and without drafts and the engine failed (module
+    docstring of ``sagellm.engines.lmdeploy.scheduling``)."""
+    import asyncio
+
+    from lmdeploy import GenerationConfig
+    from lmdeploy.pytorch.sched_hooks import get_sched_hooks
+
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, top_k=1, ignore_eos=True)
+    pipe = _pipe(target, SpecDecodeProfile(draft_model=target, num_speculative_tokens=1))
+
+    async def one(i):
+        await asyncio.sleep(0.0 if i < 2 else 0.05 * i)
+        tokens = []
+        async for out in pipe.generate(messages=None, input_ids=prompt_ids[i], gen_config=config,
+                                       session_id=1000 + i, do_preprocess=False):
+            tokens.extend(out.token_ids or [])
+        return tokens
+
+    async def all_requests():
+        return await asyncio.gather(*(one(i) for i in range(len(prompt_ids))))
+
+    try:
+        out = pipe._run(coro=asyncio.wait_for(all_requests(), 120)).result()
+    finally:
+        pipe.close()
+    assert out == reference
+    assert getattr(get_sched_hooks(), "round_cut", False) is False  # the engine speculated: no cuts
+
 def test_stop_token_ends_speculative_output_at_the_same_place(target, prompt_ids, reference):
     stop = reference[0][10]
     plain, _ = _run(target, prompt_ids[:2], ignore_eos=False, stop_token_ids=[stop])

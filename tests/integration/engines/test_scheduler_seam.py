@@ -375,6 +375,26 @@ def test_a_round_ends_for_a_waiting_request_once_until_a_prefill_runs():
     assert hooks.round_cuts[RoundCut.ADMIT_WAITING] == 2
 
 
+def test_rounds_of_a_speculating_engine_are_never_cut():
+    """LMDeploy gives a speculative round's drafts to its sequences only after the round's last forward."""
+    hooks = SagellmSchedulerHooks(SagellmSchedulerConfig(scheduler="slo_aware"))
+    speculating = RecordingEngine()
+    speculating.specdecode_config = SimpleNamespace(num_speculative_tokens=2)
+    hooks.attach(speculating)
+    set_sched_hooks(hooks)
+    scheduler = make_scheduler()
+    engine = SimpleNamespace(scheduler=scheduler)
+    seqs, running = _decoding_round(scheduler)
+    add(scheduler, 9, list(range(90, 98)))  # would cut the round (the test above)
+    for seq in seqs:
+        scheduler._set_message_status(seq, MessageStatus.STOPPED)  # so would this
+    for loop in range(15):
+        assert hooks.end_round(None, loop + 1) is False
+        assert hooks.cut_round(engine, running, loop, 16) is False
+    assert sum(hooks.round_cuts.values()) == 0
+    hooks.attach(RecordingEngine())  # the next engine in the process does not speculate
+    assert hooks.round_cut is True
+
 def _learn_compute_bound_prefills(hooks):
     """Prefill steps as on a CPU: 5 ms fixed plus 10 ms per token."""
     hooks.cost.observe_prefill(4, 45.0)
