@@ -16,6 +16,7 @@ import torch
 from lmdeploy.pytorch.plugins import DeviceSpec, get_device_spec, register_device
 
 from sagellm.accel.kernels.cpu.kv_quant import KV_FORMATS
+from sagellm.engines.lmdeploy.cpu import seeding
 
 CPU_DEVICE_TYPE = "cpu"
 #: The KV dtype (``auto`` or a ``KV_FORMATS`` name) an engine process stores quantized KV in.
@@ -53,6 +54,7 @@ CPU_DEVICE = DeviceSpec(
 def register_cpu_device() -> None:
     if get_device_spec(CPU_DEVICE_TYPE) is None:
         register_device(CPU_DEVICE)
+        seeding.install()
         kv_dtype = os.environ.get(KV_DTYPE_ENV)
         if kv_dtype:
             set_kv_quant_storage(kv_dtype, source=KV_DTYPE_ENV)
