@@ -22,6 +22,12 @@ class CpuDeviceConfig:
         metadata={"help": "with cpu_threads None: a forward gets one thread per this many GFLOP of work "
                           "(at least 1, at most the usable cores less those other processes keep busy)"},
     )
+    cpu_weight_mib_per_thread: float = field(
+        default=64.0,
+        metadata={"help": "with cpu_threads None: a forward also gets one thread per this many MiB of weights "
+                          "it reads (decode of a larger model is bound by memory bandwidth, which each core "
+                          "adds to); 0: threads follow the work only"},
+    )
     cpu_dense_kv_mib: int = field(
         default=1024,
         metadata={"help": "MiB a decode batch's dense KV copy may take (all layers, K and V); it spares "
@@ -46,6 +52,8 @@ class CpuDeviceConfig:
             raise ValueError(f"cpu_threads must be None (auto) or >= 1, got {self.cpu_threads!r}")
         if not self.cpu_gflop_per_thread > 0:
             raise ValueError(f"cpu_gflop_per_thread must be > 0, got {self.cpu_gflop_per_thread!r}")
+        if not self.cpu_weight_mib_per_thread >= 0:
+            raise ValueError(f"cpu_weight_mib_per_thread must be >= 0 (0: off), got {self.cpu_weight_mib_per_thread!r}")
         if self.cpu_dense_kv_mib < 0:
             raise ValueError(f"cpu_dense_kv_mib must be >= 0, got {self.cpu_dense_kv_mib!r}")
 

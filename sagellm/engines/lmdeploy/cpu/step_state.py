@@ -45,7 +45,7 @@ class NativeDecode:
 
 
 def thread_policy(model_config) -> ThreadPolicy:
-    """The thread policy of a model (LMDeploy ``ModelConfig``), memoized by its shape."""
+    """The thread policy of a model (LMDeploy ``ModelConfig``), memoized by its shape and dtype."""
     hf = getattr(model_config, "hf_config", None)
     hidden = model_config.hidden_size
     shape = (
@@ -56,14 +56,20 @@ def thread_policy(model_config) -> ThreadPolicy:
         model_config.num_key_value_heads,
         model_config.head_dim,
     )
-    policy = _policies.get(shape)
+    dtype = getattr(model_config, "dtype", None) or torch.float32
+    vocab = getattr(model_config, "vocab_size", None) or getattr(hf, "vocab_size", None) or 0
+    key = (*shape, dtype, vocab)
+    policy = _policies.get(key)
     if policy is None:
         config = cpu_device_config()
-        policy = _policies[shape] = ThreadPolicy(
+        per_token = flop_per_token(*shape)
+        policy = _policies[key] = ThreadPolicy(
             max_threads=usable_cores(),
             fixed=config.cpu_threads,
             gflop_per_thread=config.cpu_gflop_per_thread,
-            flop_per_token=flop_per_token(*shape),
+            flop_per_token=per_token,
+            weight_bytes=(per_token / 2 + hidden * vocab) * torch.empty((), dtype=dtype).element_size(),
+            weight_mib_per_thread=config.cpu_weight_mib_per_thread,
         )
     return policy
 

@@ -26,6 +26,7 @@ def test_config_from_environment():
     ({"cpu_threads": 0}, "cpu_threads must be None"),
     ({"cpu_gflop_per_thread": 0.0}, "cpu_gflop_per_thread must be > 0"),
     ({"cpu_dense_kv_mib": -1}, "cpu_dense_kv_mib must be >= 0"),
+    ({"cpu_weight_mib_per_thread": -1.0}, "cpu_weight_mib_per_thread must be >= 0"),
 ])
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -41,6 +42,33 @@ def test_threads_grow_with_work_up_to_the_cores():
     policy = ThreadPolicy(max_threads=4, gflop_per_thread=1.0, flop_per_token=5e6)
     assert [policy.threads_for(n) for n in (1, 32, 199, 200, 400, 650, 10_000)] == [1, 1, 1, 1, 2, 3, 4]
     assert ThreadPolicy(max_threads=4, fixed=2, flop_per_token=5e6).threads_for(10_000) == 2
+
+
+def test_weights_read_by_every_forward_earn_threads_too():
+    mib = 1 << 20
+    policy = ThreadPolicy(max_threads=4, gflop_per_thread=1.0, flop_per_token=5e6, weight_bytes=150 * mib,
+                          weight_mib_per_thread=64.0)
+    assert [policy.threads_for(n) for n in (1, 399, 600, 10_000)] == [2, 2, 3, 4]  # 150 MiB: 2 threads at least
+    small = ThreadPolicy(max_threads=4, gflop_per_thread=1.0, flop_per_token=5e6, weight_bytes=16 * mib,
+                         weight_mib_per_thread=64.0)
+    assert small.threads_for(1) == 1
+    off = ThreadPolicy(max_threads=4, gflop_per_thread=1.0, flop_per_token=5e6, weight_bytes=150 * mib)
+    assert off.threads_for(1) == 1  # weight_mib_per_thread 0: weights earn nothing
+    busy = ThreadPolicy(max_threads=2, flop_per_token=5e6, weight_bytes=150 * mib, weight_mib_per_thread=64.0)
+    assert busy.threads_for(1, lambda: 0.9) == 1  # the other core is taken
+
+
+def test_thread_policy_counts_the_model_weights_in_its_dtype(monkeypatch):
+    monkeypatch.setattr(step_state, "_policies", {})
+    hf = SimpleNamespace(intermediate_size=688, vocab_size=4096)
+    config = SimpleNamespace(hf_config=hf, hidden_size=256, num_layers=4, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=64, vocab_size=4096, dtype=torch.bfloat16)
+    policy = step_state.thread_policy(config)
+    params = 4 * (2 * 65536 + 2 * 32768 + 3 * 256 * 688) + 256 * 4096
+    assert policy.weight_bytes == 2 * params
+    assert policy.weight_mib_per_thread == CpuDeviceConfig().cpu_weight_mib_per_thread == 64.0
+    config.dtype = torch.float32
+    assert step_state.thread_policy(config).weight_bytes == 4 * params  # a policy per dtype
 
 
 def _step_context(kv_caches, kv_seqlens, block_offsets, quant_policy=0):
