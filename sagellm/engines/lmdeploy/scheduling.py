@@ -88,14 +88,16 @@ forward. The first ``cut_round`` that decides to end the round fixes the end aft
 agent already ran, and both sides stop there. The agent's position is known only when it runs in
 the engine's process (the uni executor); elsewhere no round is cut. A cut made for waiting requests
 is not repeated for the same queue until a prefill has run, so a queue the next step cannot admit
-(no free blocks, or the strategy holds it back) does not end every round. Rounds of an engine that
-speculates are never cut: LMDeploy hands a round's draft tokens to its sequences only with the
-outputs of the round's last forward, so after a cut each sequence held no drafts and the tokens it
-had just accepted (one or more); the next decode batch then mixed query lengths, LMDeploy took them
-all from the first sequence, and the forward failed on a shape mismatch (6 tokens vs 5 positions),
-ending every request in flight (requests arriving while a speculative round ran, 2-core CPU). Measured on the 2-core
+(no free blocks, or the strategy holds it back) does not end every round. Measured on the 2-core
 CPU (tiny model, cut off/on, alternating runs): TTFT p50 at concurrency 1 63/61 -> 34/37 ms,
 at concurrency 8 157/156 -> 83/83 ms, output throughput within the runs' noise.
+
+Rounds of an engine that speculates are never cut: LMDeploy hands a round's draft tokens to its
+sequences only with the outputs of the round's last forward, so after a cut each sequence held no
+drafts and the tokens it had just accepted (one or more); the next decode batch then mixed query
+lengths, LMDeploy took them all from the first sequence, and the forward failed on a shape
+mismatch (6 tokens vs 5 positions), ending every request in flight (requests arriving while a
+speculative round ran, 2-core CPU).
 
 Prefill steps of one request each: LMDeploy takes every waiting request that fits into one prefill
 step. When a request's prefill compute outweighs the step's fixed cost for those it would delay

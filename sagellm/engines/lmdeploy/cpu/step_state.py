@@ -68,7 +68,7 @@ def thread_policy(model_config) -> ThreadPolicy:
             fixed=config.cpu_threads,
             gflop_per_thread=config.cpu_gflop_per_thread,
             flop_per_token=per_token,
-            weight_bytes=(per_token / 2 + hidden * vocab) * torch.empty((), dtype=dtype).element_size(),
+            weight_bytes=(per_token / 2 + hidden * vocab) * dtype.itemsize,
             weight_mib_per_thread=config.cpu_weight_mib_per_thread,
         )
     return policy
@@ -121,7 +121,7 @@ def plan_step(step_context, packed: PackedBatch) -> tuple[DenseDecodeKV | None, 
     dense = None if step_context.kv_quant_policy else dense_history(kv_caches)
     if dense is None:
         return None, DensePlan.OFF
-    itemsize = torch.empty((), dtype=step_context.model_config.dtype).element_size()
+    itemsize = step_context.model_config.dtype.itemsize
     per_position = sum(k.shape[2] * k.shape[3] + v.shape[2] * v.shape[3] for k, v, *_ in kv_caches) * itemsize
     plan = dense.plan(packed, step_context.block_offsets, step_context.kv_seqlens, kv_caches[0][0].size(1),
                       per_position, last_k_cache=kv_caches[-1][0])
