@@ -10,6 +10,8 @@ from sagellm.accel.kernels.cpu import pack_batch, paged_attention
 from sagellm.accel.kernels.cpu.native.attention import decode_supported, paged_decode_attention
 
 BLOCK = 4
+#: head sizes of the kernel's generic path (8) and of its vectorized one (64, 128, 256)
+HEAD_DIMS = [8, 64, 128, 256]
 
 needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler on this machine")
 
@@ -42,51 +44,68 @@ def _torch_decode(query, k_cache, v_cache, table, kv_seqlens, **kwargs):
     return paged_attention(query, k_cache, v_cache, table, q_seqlens, kv_seqlens, packed, **kwargs)
 
 
+@pytest.mark.parametrize("dim", HEAD_DIMS)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("lengths", [[1], [5, 1, 17, 4], [33, 2, 8, 8, 1, 40]])
-def test_matches_torch_kernel_float32(kernels, lengths, threads):
-    query, k_cache, v_cache, table, kv_seqlens = _decode_case(0, lengths)
+def test_matches_torch_kernel_float32(kernels, lengths, threads, dim):
+    query, k_cache, v_cache, table, kv_seqlens = _decode_case(0, lengths, dim=dim)
     got = paged_decode_attention(kernels, query, k_cache, v_cache, table, kv_seqlens, scale=0.3, threads=threads)
     want = _torch_decode(query, k_cache, v_cache, table, kv_seqlens, scale=0.3)
-    assert got.shape == (len(lengths), 4, 8) and got.dtype == torch.float32
+    assert got.shape == (len(lengths), 4, dim) and got.dtype == torch.float32
+    # rounding grows with the dot products' length (sums in another order than torch's)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * max(1, dim // 64))
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (8, 1), (6, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_long_history_matches_for_every_head_grouping(kernels, heads, kv_heads, threads):
+    """One sequence: its KV heads are the work the threads share (and multi-query, MHA, odd groups)."""
+    query, k_cache, v_cache, table, kv_seqlens = _decode_case(7, [301], heads=heads, kv_heads=kv_heads, dim=64)
+    got = paged_decode_attention(kernels, query, k_cache, v_cache, table, kv_seqlens, scale=0.125, threads=threads)
+    want = _torch_decode(query, k_cache, v_cache, table, kv_seqlens, scale=0.125)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dim", [8, 64])
 @pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
-def test_half_caches_read_like_the_torch_kernel(kernels, dtype, atol):
-    query, k_cache, v_cache, table, kv_seqlens = _decode_case(1, [9, 3, 21], dtype=dtype)
+def test_half_caches_read_like_the_torch_kernel(kernels, dtype, atol, dim):
+    query, k_cache, v_cache, table, kv_seqlens = _decode_case(1, [9, 3, 21], dim=dim, dtype=dtype)
     got = paged_decode_attention(kernels, query, k_cache, v_cache, table, kv_seqlens, scale=0.35)
     want = _torch_decode(query, k_cache, v_cache, table, kv_seqlens, scale=0.35)
     assert got.dtype == dtype
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=atol)
 
 
-def test_sliding_window_softcapping_sinks_and_wide_values(kernels):
-    query, k_cache, v_cache, table, kv_seqlens = _decode_case(2, [13, 2, 30], heads=6, kv_heads=3, v_dim=12)
+@pytest.mark.parametrize("dim, v_dim", [(8, 12), (64, 64), (256, 256)])
+def test_sliding_window_softcapping_sinks_and_wide_values(kernels, dim, v_dim):
+    query, k_cache, v_cache, table, kv_seqlens = _decode_case(2, [13, 2, 30], heads=6, kv_heads=3, dim=dim,
+                                                             v_dim=v_dim)
     sinks = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5, -0.5])
     options = dict(scale=0.4, sliding_window=7, logit_softcapping=2.5, sinks=sinks)
     got = paged_decode_attention(kernels, query, k_cache, v_cache, table, kv_seqlens, **options)
     want = _torch_decode(query, k_cache, v_cache, table, kv_seqlens, **options)
-    assert got.shape == (3, 6, 12)
+    assert got.shape == (3, 6, v_dim)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_softmax_extremes_stay_finite(kernels):
+@pytest.mark.parametrize("dim", [4, 64])
+def test_softmax_extremes_stay_finite(kernels, dim):
     """Scores far apart (exp underflow) and equal scores (uniform weights) both come out right."""
-    query, k_cache, v_cache, table, kv_seqlens = _decode_case(3, [6], heads=2, kv_heads=1, dim=4)
+    query, k_cache, v_cache, table, kv_seqlens = _decode_case(3, [6], heads=2, kv_heads=1, dim=dim)
     query = query * 1e3
     got = paged_decode_attention(kernels, query, k_cache, v_cache, table, kv_seqlens, scale=1.0)
     want = _torch_decode(query, k_cache, v_cache, table, kv_seqlens, scale=1.0)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     uniform = paged_decode_attention(kernels, torch.zeros_like(query), k_cache, v_cache, table, kv_seqlens, scale=1.0)
     rows = table[0, :2].long()
-    mean = v_cache[rows].reshape(-1, 1, 4)[:6].mean(0)
-    torch.testing.assert_close(uniform[0], mean.expand(2, 4), rtol=1e-6, atol=1e-6)
+    mean = v_cache[rows].reshape(-1, 1, dim)[:6].mean(0)
+    torch.testing.assert_close(uniform[0], mean.expand(2, dim), rtol=1e-6, atol=1e-6)
 
 
-def test_strided_cache_views_are_read_in_place(kernels):
+@pytest.mark.parametrize("dim", [8, 64])
+def test_strided_cache_views_are_read_in_place(kernels, dim):
     """A cache that is a view (e.g. K and V halves of one tensor) needs no copy."""
-    query, k_cache, v_cache, table, kv_seqlens = _decode_case(4, [7, 11])
+    query, k_cache, v_cache, table, kv_seqlens = _decode_case(4, [7, 11], dim=dim)
     both = torch.stack([k_cache, v_cache], dim=3)  # [blocks, block, kv_heads, 2, dim]
     k_view, v_view = both[:, :, :, 0], both[:, :, :, 1]
     got = paged_decode_attention(kernels, query, k_view, v_view, table, kv_seqlens, scale=0.3)
