@@ -187,6 +187,19 @@ inline float sum_lanes(Lanes v) {
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
+// Calls visit(block id, first slot, count, t) for each run of a history's positions [start, length)
+// that lies in one cache block; t counts the positions visited before the run.
+template <typename Visit>
+inline void for_each_block_run(const int32_t* table, int64_t start, int64_t length, int64_t block_size, Visit visit) {
+    for (int64_t pos = start, t = 0; pos < length;) {
+        const int64_t in_block = pos % block_size;
+        const int64_t count = std::min<int64_t>(block_size - in_block, length - pos);
+        visit(table[pos / block_size], in_block, count, t);
+        pos += count;
+        t += count;
+    }
+}
+
 template <typename T, int DIM>
 void decode_heads_fixed(const DecodeArgs& a, int64_t b, int64_t h_begin, int64_t h_end, std::vector<float>& scratch) {
     constexpr int kChunks = DIM / kLanes;
@@ -207,10 +220,8 @@ void decode_heads_fixed(const DecodeArgs& a, int64_t b, int64_t h_begin, int64_t
     const T* k_cache = static_cast<const T*>(a.k_cache);
     const T* v_cache = static_cast<const T*>(a.v_cache);
 
-    for (int64_t pos = start, t = 0; pos < length;) {
-        const int64_t in_block = pos % a.block_size;
-        const int64_t count = std::min<int64_t>(a.block_size - in_block, length - pos);
-        const T* block = k_cache + table[pos / a.block_size] * a.k_block_stride + in_block * a.k_slot_stride;
+    for_each_block_run(table, start, length, a.block_size, [&](int64_t id, int64_t in_block, int64_t count, int64_t t) {
+        const T* block = k_cache + id * a.k_block_stride + in_block * a.k_slot_stride;
         for (int64_t h = h_begin; h < h_end; ++h) {
             const T* rows = block + h * a.k_head_stride;
             for (int64_t g = 0; g < group; ++g) {
@@ -226,17 +237,13 @@ void decode_heads_fixed(const DecodeArgs& a, int64_t b, int64_t h_begin, int64_t
                 }
             }
         }
-        pos += count;
-        t += count;
-    }
+    });
     for (int64_t qh = 0; qh < q_heads; ++qh)
         softmax_scores(scores + qh * n, n, a.softcap, a.sinks ? a.sinks + q_begin + qh : nullptr);
     float* o = out;  // [q_heads, DIM]
     std::fill(o, o + q_heads * DIM, 0.0f);
-    for (int64_t pos = start, t = 0; pos < length;) {
-        const int64_t in_block = pos % a.block_size;
-        const int64_t count = std::min<int64_t>(a.block_size - in_block, length - pos);
-        const T* block = v_cache + table[pos / a.block_size] * a.v_block_stride + in_block * a.v_slot_stride;
+    for_each_block_run(table, start, length, a.block_size, [&](int64_t id, int64_t in_block, int64_t count, int64_t t) {
+        const T* block = v_cache + id * a.v_block_stride + in_block * a.v_slot_stride;
         for (int64_t h = h_begin; h < h_end; ++h) {
             const T* rows = block + h * a.v_head_stride;
             for (int64_t g = 0; g < group; ++g) {
@@ -252,9 +259,7 @@ void decode_heads_fixed(const DecodeArgs& a, int64_t b, int64_t h_begin, int64_t
                 std::memcpy(o + qh * DIM, acc, sizeof(acc));
             }
         }
-        pos += count;
-        t += count;
-    }
+    });
 }
 
 template <typename T, int DIM>
