@@ -2,7 +2,7 @@
 //
 // Decode attention straight over LMDeploy's paged KV cache: one query token per sequence, no
 // gathered copy of the history. Head sizes 64, 128 and 256 take the vectorized path (see
-// decode_head_fixed); others take decode_one, which reads a cache slot's keys (then values) of all
+// decode_heads_fixed); others take decode_one, which reads a cache slot's keys (then values) of all
 // KV heads as one contiguous row for every query head, walking a sequence's positions in order.
 // Work items go to the OpenMP threads through an atomic counter, so very different lengths still
 // balance. Only `#pragma omp parallel` is used: the library then binds to the OpenMP runtime torch
@@ -240,8 +240,7 @@ void decode_heads_fixed(const DecodeArgs& a, int64_t b, int64_t h_begin, int64_t
     });
     for (int64_t qh = 0; qh < q_heads; ++qh)
         softmax_scores(scores + qh * n, n, a.softcap, a.sinks ? a.sinks + q_begin + qh : nullptr);
-    float* o = out;  // [q_heads, DIM]
-    std::fill(o, o + q_heads * DIM, 0.0f);
+    std::fill(out, out + q_heads * DIM, 0.0f);  // [q_heads, DIM]
     for_each_block_run(table, start, length, a.block_size, [&](int64_t id, int64_t in_block, int64_t count, int64_t t) {
         const T* block = v_cache + id * a.v_block_stride + in_block * a.v_slot_stride;
         for (int64_t h = h_begin; h < h_end; ++h) {
@@ -250,13 +249,13 @@ void decode_heads_fixed(const DecodeArgs& a, int64_t b, int64_t h_begin, int64_t
                 const int64_t qh = (h - h_begin) * group + g;
                 const float* p = scores + qh * n + t;
                 Lanes acc[kChunks];
-                for (int c = 0; c < kChunks; ++c) acc[c] = load_lanes(o + qh * DIM + c * kLanes);
+                for (int c = 0; c < kChunks; ++c) acc[c] = load_lanes(out + qh * DIM + c * kLanes);
                 for (int64_t i = 0; i < count; ++i) {
                     const T* value = rows + i * a.v_slot_stride;
                     const float w = p[i];
                     for (int c = 0; c < kChunks; ++c) acc[c] += w * load_lanes(value + c * kLanes);
                 }
-                std::memcpy(o + qh * DIM, acc, sizeof(acc));
+                std::memcpy(out + qh * DIM, acc, sizeof(acc));
             }
         }
     });
