@@ -28,6 +28,7 @@ PLUGINS.register("slowdown", "sagellm.engines.lmdeploy.slowdown:register_slowdow
 PLUGINS.register("session_end", "sagellm.engines.lmdeploy.session_end:install_session_end")
 PLUGINS.register("text_tail", "sagellm.engines.lmdeploy.text_tail:install_text_tail")
 PLUGINS.register("trie_leaves", "sagellm.engines.lmdeploy.trie_leaves:install_trie_leaves")
+PLUGINS.register("trie_lru", "sagellm.engines.lmdeploy.trie_lru:install_trie_lru")
 PLUGINS.register("logits_rows", "sagellm.engines.lmdeploy.logits_rows:install_logits_rows")
 
 _installed: set[str] = set()

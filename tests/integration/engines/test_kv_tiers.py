@@ -66,13 +66,23 @@ def test_prompts_that_end_at_prefill_are_reused_from_the_host_tier(tiny_model_di
     assert hooks.stats.rejected_blocks == 0
 
 
+def shared_full_blocks(first: list[int], second: list[int], block_size: int = 16) -> int:
+    """Tokens in the full blocks ``second`` can reuse from ``first``: those within their common prefix,
+    leaving at least one token of ``second`` to compute (as the trie does)."""
+    common = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    return min(common // block_size, (len(second) - 1) // block_size) * block_size
+
+
 def test_ssd_tier_survives_restart_and_rejects_corruption(tiny_model_dir, install_tiers, tmp_path):
+    from sagellm.engines.lmdeploy.trie_lru import install_trie_lru
+
+    install_trie_lru()  # exact LRU: the first four documents are the oldest, so all of them are evicted
     model_dir = tiny_model_dir("llama")
     config = KVTierConfig(kv_tiers=("device", "ssd"), ssd_cache_dir=str(tmp_path / "kv"), ssd_cache_gib=0.25)
     docs = documents(8)
     first = install_tiers(config)
     # the last four documents push every block of the first four out of the device cache, onto SSD
-    run_rounds(model_dir, [doc + " first question" for doc in docs])
+    first_ids, _ = run_rounds(model_dir, [doc + " first question" for doc in docs])
     docs = docs[:4]
     assert first.stats.offloaded_blocks > 0
     first.close()  # flushes the asynchronous writes; a restart sees only durable files
@@ -85,7 +95,9 @@ def test_ssd_tier_survives_restart_and_rejects_corruption(tiny_model_dir, instal
     prompt_ids, outputs = run_rounds(model_dir, prompts)
     expected = transformers_greedy(model_dir, prompt_ids, NEW_TOKENS)
     assert outputs == expected
-    assert second.stats.hit_tokens["ssd"] > 0
+    reusable = sum(shared_full_blocks(a, b) for a, b in zip(first_ids, prompt_ids))
+    assert reusable >= 4 * 11 * 16  # each document is at least 11 full blocks
+    assert second.stats.hit_tokens["ssd"] == reusable, second.stats.as_dict()
     assert second.stats.rejected_blocks == 0
     second.close()
 

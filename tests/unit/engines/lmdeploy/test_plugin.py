@@ -9,8 +9,8 @@ from sagellm.engines.lmdeploy.cpu import device_module
 
 
 def test_all_is_default():
-    assert plugin.selected_plugins("") == ["api_guard", "auth", "cpu", "kv_tiers", "logits_rows", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves"]
-    assert plugin.selected_plugins("all") == ["api_guard", "auth", "cpu", "kv_tiers", "logits_rows", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves"]
+    assert plugin.selected_plugins("") == ["api_guard", "auth", "cpu", "kv_tiers", "logits_rows", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves", "trie_lru"]
+    assert plugin.selected_plugins("all") == ["api_guard", "auth", "cpu", "kv_tiers", "logits_rows", "metrics", "mp_handshake", "pd", "scheduler", "session_end", "slowdown", "spec_decode", "text_tail", "trie_leaves", "trie_lru"]
 
 
 def test_none_selects_nothing():

@@ -1,0 +1,103 @@
+"""The ``trie_lru`` plugin on LMDeploy's real Scheduler and BlockTrie (no model).
+
+Two prompts are run and ended half a second apart within one second of the block manager's clock.
+Stock LMDeploy 0.11 stamps both prompts' blocks with the same whole second, so eviction cannot tell
+which is older; with the plugin the older prompt's blocks go first.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
+from lmdeploy.pytorch.messages import SequenceMeta, UpdateTokenMode
+from lmdeploy.pytorch.paging.block_manager import base_block_manager
+from lmdeploy.pytorch.paging.block_manager.base_block_manager import LogicalMemory
+from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
+from lmdeploy.pytorch.paging.scheduler import Scheduler
+from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
+from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
+
+from sagellm.engines.lmdeploy import trie_lru
+
+BLOCK = 4
+OLDER, NEWER = np.arange(10), np.arange(100, 110)  # 2 full blocks + 2 tokens each, no shared block
+
+
+@pytest.fixture
+def stock_engine(monkeypatch):
+    """Stock scheduling and KV hooks, and LogicalMemory as LMDeploy ships it (the plugin may be installed)."""
+    previous, previous_kv = get_sched_hooks(), get_kv_hooks()
+    set_sched_hooks(SchedulerHooks())
+    set_kv_hooks(None)
+    init = LogicalMemory.__init__
+    monkeypatch.setattr(LogicalMemory, "__init__", getattr(init, "__wrapped__", init))
+    yield
+    set_sched_hooks(previous)
+    set_kv_hooks(previous_kv)
+
+
+@pytest.fixture
+def block_clock(monkeypatch):
+    """The block manager's clock (``time.perf_counter``), set by the test."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(base_block_manager, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    return clock
+
+
+def _scheduler() -> Scheduler:
+    return Scheduler(
+        SchedulerConfig(max_batches=8, max_session_len=256),
+        CacheConfig(max_batches=8, block_size=BLOCK, num_cpu_blocks=0, num_gpu_blocks=32, max_prefill_token_num=4096,
+                    enable_prefix_caching=True, device_type="cpu"),
+        seq_meta=SequenceMeta(BLOCK, strategy=ARSequenceStrategy()),
+    )
+
+
+def _run_and_end(scheduler: Scheduler, session_id: int, prompt: np.ndarray, clock, now: float) -> None:
+    """Prefill ``prompt``, decode once (which publishes its full blocks to the trie), end it; all at ``now``."""
+    clock.now = now
+    seq = scheduler.add_session(session_id).add_sequence(prompt, sampling_param=None)
+    scheduler.add_sequence(seq)
+    running = scheduler.schedule(is_prefill=True).running
+    scheduler.lock_running(running)
+    seq.update_token_ids(np.array([99]), mode=UpdateTokenMode.PREFILL)
+    scheduler.unlock_running(running)
+    assert len(scheduler.schedule(is_prefill=False).running) == 1
+    scheduler.end_session(session_id)
+
+
+def _two_prompts_half_a_second_apart(clock):
+    scheduler = _scheduler()
+    _run_and_end(scheduler, 0, OLDER, clock, 1000.25)
+    _run_and_end(scheduler, 1, NEWER, clock, 1000.75)
+    trie = scheduler.block_trie
+    first_blocks = {int(node.tokens[0]): node.block for node in trie.get_root(None).children.values()}
+    assert sorted(first_blocks) == [0, 100]
+    return trie, first_blocks
+
+
+def _cached_first_tokens(trie) -> list[int]:
+    return sorted(int(node.tokens[0]) for node in trie.get_root(None).children.values())
+
+
+def test_stock_lmdeploy_stamps_both_prompts_with_the_same_second(stock_engine, block_clock):
+    trie, first_blocks = _two_prompts_half_a_second_apart(block_clock)
+    times = trie.allocator.get_access_time(np.array([first_blocks[0], first_blocks[100]]))
+    assert times.dtype == np.int64
+    assert times.tolist() == [1000, 1000]  # a tie: eviction order falls to object ids
+
+
+def test_with_the_plugin_the_older_prompt_is_evicted_first(stock_engine, block_clock):
+    trie_lru.install_trie_lru()
+    trie_lru.install_trie_lru()  # idempotent: wrapped once
+    assert not hasattr(LogicalMemory.__init__.__wrapped__, "__wrapped__")
+    trie, first_blocks = _two_prompts_half_a_second_apart(block_clock)
+    times = trie.allocator.get_access_time(np.array([first_blocks[0], first_blocks[100]]))
+    assert times.tolist() == [1000.25, 1000.75]
+    assert trie.evict(2) == 2
+    assert _cached_first_tokens(trie) == [100]
+    assert trie.evict(2) == 2
+    assert _cached_first_tokens(trie) == []
