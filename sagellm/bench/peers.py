@@ -293,6 +293,14 @@ def _tail(path: Path | None, chars: int = 3000) -> str:
         return ""
 
 
+#: how a sagellm / lmdeploy-stock peer's interpreter starts. Peers run with the repository as their working
+#: directory, and ``python -m`` would put it first on ``sys.path``, ahead of ``PYTHONPATH``: a peer given
+#: ``--peer-env old:PYTHONPATH=/tmp/old`` (another checkout, for an A/B) would still run this checkout's
+#: code. ``-P`` (Python 3.11+) leaves the working directory off, so ``PYTHONPATH`` comes first and the
+#: installed (editable) packages after it.
+PEER_PYTHON = (sys.executable, "-P")
+
+
 def _command(spec: PeerSpec, model: str, port: int, profile: ServerProfile, shape: dict, vllm_python: Path,
              scratch: Path) -> tuple[list[str], dict[str, str]]:
     """Command line and environment overrides for a started peer."""
@@ -303,7 +311,7 @@ def _command(spec: PeerSpec, model: str, port: int, profile: ServerProfile, shap
                            "--cache-max-entry-count", str(LMDEPLOY_CACHE_FRACTION)]
         if spec.kind == "sagellm":
             env["SAGELLM_PLUGINS"] = "all"
-            cmd = [sys.executable, "-m", "sagellm.cli.main", "llm", "engine", "start", model, "--device", "cpu",
+            cmd = [*PEER_PYTHON, "-m", "sagellm.cli.main", "llm", "engine", "start", model, "--device", "cpu",
                    "--host", "127.0.0.1", "--port", str(port), "--no-sample", "--dtype", p.dtype,
                    "--block-size", str(p.block_size), *common_lmdeploy,
                    "--prefix-caching" if p.prefix_caching else "--no-prefix-caching",
@@ -312,7 +320,7 @@ def _command(spec: PeerSpec, model: str, port: int, profile: ServerProfile, shap
                 cmd += ["--ssd-cache-dir", str(scratch / f"ssd-{spec.name}")]
             return cmd, env
         env["SAGELLM_PLUGINS"] = "cpu"
-        cmd = [sys.executable, "-m", "lmdeploy", "serve", "api_server", model, "--backend", "pytorch",
+        cmd = [*PEER_PYTHON, "-m", "lmdeploy", "serve", "api_server", model, "--backend", "pytorch",
                "--device", "cpu", "--dtype", p.dtype, "--eager-mode", "--server-name", "127.0.0.1",
                "--server-port", str(port), "--cache-block-seq-len", str(p.block_size), *common_lmdeploy,
                "--log-level", "WARNING"]

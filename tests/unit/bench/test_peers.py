@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from sagellm.bench.peers import (
-    LMDEPLOY_CACHE_FRACTION, PeerSpec, ServerProfile, _command, kv_bytes_per_token, lmdeploy_memory_budget_gib,
+    LMDEPLOY_CACHE_FRACTION, PEER_PYTHON, REPO_ROOT, PeerSpec, ServerProfile, _command, kv_bytes_per_token, lmdeploy_memory_budget_gib,
     parse_peers,
 )
 
@@ -30,7 +32,7 @@ def test_lmdeploy_budget_reproduces_its_block_count():
 
 def test_sagellm_command():
     cmd, env = command("sagellm")
-    assert cmd[:7] == [sys.executable, "-m", "sagellm.cli.main", "llm", "engine", "start", "/m"]
+    assert cmd[:8] == [sys.executable, "-P", "-m", "sagellm.cli.main", "llm", "engine", "start", "/m"]
     assert cmd[cmd.index("--port") + 1] == "1234" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--kv-tiers") + 1] == "device,host" and "--prefix-caching" in cmd
     assert env["SAGELLM_PLUGINS"] == "all" and float(env["SAGELLM_CPU_MEMORY_GIB"]) == lmdeploy_memory_budget_gib(SHAPE, PROFILE)
@@ -38,12 +40,27 @@ def test_sagellm_command():
 
 def test_stock_command_has_only_the_cpu_device_plugin():
     cmd, env = command("lmdeploy-stock")
-    assert cmd[:6] == [sys.executable, "-m", "lmdeploy", "serve", "api_server", "/m"]
+    assert cmd[:7] == [sys.executable, "-P", "-m", "lmdeploy", "serve", "api_server", "/m"]
     assert env["SAGELLM_PLUGINS"] == "cpu"
     for flag, value in (("--device", "cpu"), ("--server-name", "127.0.0.1"), ("--cache-block-seq-len", "64"),
                         ("--session-len", "2048"), ("--max-batch-size", "8")):
         assert cmd[cmd.index(flag) + 1] == value
     assert "--enable-prefix-caching" in cmd
+
+
+def test_a_peer_interpreter_imports_sagellm_from_its_pythonpath_not_the_working_directory(tmp_path):
+    """An A/B against another checkout (``--peer-env old:PYTHONPATH=...``) must run that checkout's code."""
+    other = tmp_path / "other-checkout"
+    (other / "sagellm").mkdir(parents=True)
+    (other / "sagellm" / "__init__.py").write_text("")
+    probe = "import sagellm, sys; print(sagellm.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(other)}
+    seen = subprocess.run([*PEER_PYTHON, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+    assert seen == str(other / "sagellm" / "__init__.py")
+    without = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                             timeout=60, check=True).stdout.strip()
+    assert without == str(REPO_ROOT / "sagellm" / "__init__.py")  # what the peers ran before -P
 
 
 def test_vllm_command_same_budget():
