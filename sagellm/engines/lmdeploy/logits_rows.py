@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 
+from sagellm.engines.lmdeploy.wrap_once import wrap_once
+
 _MARKER = "__sagellm_logits_rows__"
 
 #: LMDeploy 0.11 model-agent strategies whose ``slice_outputs`` returns a view for one sequence.
@@ -41,7 +43,6 @@ def _wrap_slice_outputs(slice_outputs):
             return rows.clone()
         return rows
 
-    setattr(slice_outputs_copying, _MARKER, True)
     return slice_outputs_copying
 
 
@@ -51,5 +52,4 @@ def install_logits_rows() -> None:
 
     for module_name, class_name in STRATEGY_CLASSES:
         cls = getattr(importlib.import_module(module_name), class_name)
-        if not getattr(cls.slice_outputs, _MARKER, False):
-            cls.slice_outputs = _wrap_slice_outputs(cls.slice_outputs)
+        wrap_once(cls, "slice_outputs", _MARKER, _wrap_slice_outputs)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import logging
 
+from sagellm.engines.lmdeploy.wrap_once import wrap_once
+
 logger = logging.getLogger("sagellm.trie_leaves")
 
 _MARKER = "__sagellm_trie_leaves__"
@@ -59,7 +61,6 @@ def _wrap_allocate(allocate):
                 logger.debug("prefix trie: %d node(s) with children taken out of the leaf set", dropped)
         return result
 
-    setattr(allocate_keeping_leaves, _MARKER, True)
     return allocate_keeping_leaves
 
 
@@ -67,6 +68,4 @@ def install_trie_leaves() -> None:
     """Plugin entry: wrap ``BlockTrie.allocate`` once (idempotent)."""
     from lmdeploy.pytorch.paging.block_trie import BlockTrie
 
-    if getattr(BlockTrie.allocate, _MARKER, False):
-        return
-    BlockTrie.allocate = _wrap_allocate(BlockTrie.allocate)
+    wrap_once(BlockTrie, "allocate", _MARKER, _wrap_allocate)

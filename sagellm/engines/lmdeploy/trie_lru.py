@@ -22,6 +22,8 @@ import functools
 
 import numpy as np
 
+from sagellm.engines.lmdeploy.wrap_once import wrap_once
+
 _MARKER = "__sagellm_trie_lru__"
 
 
@@ -31,7 +33,6 @@ def _wrap_init(init):
         init(memory, *args, **kwargs)
         memory.access_time = memory.access_time.astype(np.float64)
 
-    setattr(init_with_exact_access_times, _MARKER, True)
     return init_with_exact_access_times
 
 
@@ -39,6 +40,4 @@ def install_trie_lru() -> None:
     """Plugin entry: wrap ``LogicalMemory.__init__`` once (idempotent)."""
     from lmdeploy.pytorch.paging.block_manager.base_block_manager import LogicalMemory
 
-    if getattr(LogicalMemory.__init__, _MARKER, False):
-        return
-    LogicalMemory.__init__ = _wrap_init(LogicalMemory.__init__)
+    wrap_once(LogicalMemory, "__init__", _MARKER, _wrap_init)

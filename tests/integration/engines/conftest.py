@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from sagellm.kv_runtime.config import KVTierConfig
@@ -27,3 +29,13 @@ def install_tiers():
     for hooks in installed:
         hooks.close()
     set_kv_hooks(previous)
+
+
+@pytest.fixture
+def block_clock(monkeypatch):
+    """LMDeploy's block manager clock (it stamps block access times with ``time.perf_counter``), set by the test."""
+    from lmdeploy.pytorch.paging.block_manager import base_block_manager
+
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(base_block_manager, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    return clock

@@ -9,20 +9,16 @@ raises ``KeyError``.
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
-from lmdeploy.pytorch.messages import SequenceMeta, UpdateTokenMode
-from lmdeploy.pytorch.paging.block_manager import base_block_manager
+from lmdeploy.pytorch.messages import UpdateTokenMode
 from lmdeploy.pytorch.paging.block_trie import BlockTrie
 from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
-from lmdeploy.pytorch.paging.scheduler import Scheduler
 from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
-from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
 
 from sagellm.engines.lmdeploy import trie_leaves
+from tests.integration.engines.bare_scheduler import bare_scheduler
 
 BLOCK = 4
 
@@ -44,14 +40,6 @@ def stock_allocate(monkeypatch):
     monkeypatch.setattr(BlockTrie, "allocate", getattr(allocate, "__wrapped__", allocate))
 
 
-@pytest.fixture
-def block_clock(monkeypatch):
-    """The block manager's clock, set by the test (it stamps access times with ``time.perf_counter``)."""
-    clock = SimpleNamespace(now=1000.0)
-    monkeypatch.setattr(base_block_manager, "time", SimpleNamespace(perf_counter=lambda: clock.now))
-    return clock
-
-
 def _touch_the_tail_before_the_shared_block(trie, clock) -> None:
     """Eviction pops leaves oldest first. LMDeploy stamps access times in whole seconds and both
     blocks are freed in the same call, so the two tie and their order followed the leaf set's
@@ -64,15 +52,6 @@ def _touch_the_tail_before_the_shared_block(trie, clock) -> None:
     trie.allocator.update_access_time(np.array([tail.block]))
     clock.now = 1002.0
     trie.allocator.update_access_time(np.array([shared.block]))
-
-
-def _scheduler() -> Scheduler:
-    return Scheduler(
-        SchedulerConfig(max_batches=8, max_session_len=256),
-        CacheConfig(max_batches=8, block_size=BLOCK, num_cpu_blocks=0, num_gpu_blocks=32, max_prefill_token_num=4096,
-                    enable_prefix_caching=True, device_type="cpu"),
-        seq_meta=SequenceMeta(BLOCK, strategy=ARSequenceStrategy()),
-    )
 
 
 def _shorter_and_longer_decoded_together(scheduler):
@@ -95,7 +74,7 @@ def _inner_nodes_in_leaf_set(trie) -> int:
 
 
 def test_stock_lmdeploy_keeps_a_grown_node_as_a_leaf_and_eviction_fails(stock_hooks, stock_allocate, block_clock):
-    scheduler = _scheduler()
+    scheduler = bare_scheduler(BLOCK)
     trie = _shorter_and_longer_decoded_together(scheduler)
     assert _inner_nodes_in_leaf_set(trie) == 1
     scheduler.end_session(0)
@@ -111,7 +90,7 @@ def test_with_the_plugin_the_leaf_set_stays_exact_and_every_block_can_be_evicted
     trie_leaves.install_trie_leaves()  # idempotent: wrapped once
     assert BlockTrie.allocate.__wrapped__.__name__ == "allocate"
     assert not hasattr(BlockTrie.allocate.__wrapped__, "__wrapped__")
-    scheduler = _scheduler()
+    scheduler = bare_scheduler(BLOCK)
     trie = _shorter_and_longer_decoded_together(scheduler)
     assert _inner_nodes_in_leaf_set(trie) == 0
     assert len(trie.leaves) == 1  # the longer prompt's last full block

@@ -7,20 +7,16 @@ which is older; with the plugin the older prompt's blocks go first.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
-from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
-from lmdeploy.pytorch.messages import SequenceMeta, UpdateTokenMode
-from lmdeploy.pytorch.paging.block_manager import base_block_manager
+from lmdeploy.pytorch.messages import UpdateTokenMode
 from lmdeploy.pytorch.paging.block_manager.base_block_manager import LogicalMemory
 from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
 from lmdeploy.pytorch.paging.scheduler import Scheduler
 from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
-from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
 
 from sagellm.engines.lmdeploy import trie_lru
+from tests.integration.engines.bare_scheduler import bare_scheduler
 
 BLOCK = 4
 OLDER, NEWER = np.arange(10), np.arange(100, 110)  # 2 full blocks + 2 tokens each, no shared block
@@ -39,23 +35,6 @@ def stock_engine(monkeypatch):
     set_kv_hooks(previous_kv)
 
 
-@pytest.fixture
-def block_clock(monkeypatch):
-    """The block manager's clock (``time.perf_counter``), set by the test."""
-    clock = SimpleNamespace(now=1000.0)
-    monkeypatch.setattr(base_block_manager, "time", SimpleNamespace(perf_counter=lambda: clock.now))
-    return clock
-
-
-def _scheduler() -> Scheduler:
-    return Scheduler(
-        SchedulerConfig(max_batches=8, max_session_len=256),
-        CacheConfig(max_batches=8, block_size=BLOCK, num_cpu_blocks=0, num_gpu_blocks=32, max_prefill_token_num=4096,
-                    enable_prefix_caching=True, device_type="cpu"),
-        seq_meta=SequenceMeta(BLOCK, strategy=ARSequenceStrategy()),
-    )
-
-
 def _run_and_end(scheduler: Scheduler, session_id: int, prompt: np.ndarray, clock, now: float) -> None:
     """Prefill ``prompt``, decode once (which publishes its full blocks to the trie), end it; all at ``now``."""
     clock.now = now
@@ -70,7 +49,7 @@ def _run_and_end(scheduler: Scheduler, session_id: int, prompt: np.ndarray, cloc
 
 
 def _two_prompts_half_a_second_apart(clock):
-    scheduler = _scheduler()
+    scheduler = bare_scheduler(BLOCK)
     _run_and_end(scheduler, 0, OLDER, clock, 1000.25)
     _run_and_end(scheduler, 1, NEWER, clock, 1000.75)
     trie = scheduler.block_trie
