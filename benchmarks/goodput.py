@@ -61,7 +61,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from sagellm.bench.client import Endpoint, RequestRecord, send  # noqa: E402
 from sagellm.bench.machine import git_state, loadavg, machine_info  # noqa: E402
-from sagellm.bench.peers import RunningPeer, PeerSpec, wait_ready  # noqa: E402
+from sagellm.bench.peers import PEER_PYTHON, RunningPeer, PeerSpec, wait_ready  # noqa: E402
 from sagellm.bench.report import write_result_files  # noqa: E402
 from sagellm.bench.stats import percentile  # noqa: E402
 from sagellm.bench.workloads import TextSource  # noqa: E402
@@ -279,7 +279,7 @@ def sagellm_arm(strategy: str, options: EngineOptions, extra_args: tuple[str, ..
         work.mkdir(parents=True, exist_ok=True)
         for attempt in (1, 2):
             port = SagePorts.allocate()
-            cmd = [sys.executable, "-m", "sagellm.cli.main", "llm", "engine", "start", options.model,
+            cmd = [*PEER_PYTHON, "-m", "sagellm.cli.main", "llm", "engine", "start", options.model,
                    "--host", "127.0.0.1", "--port", str(port), "--no-sample", *_engine_args(options),
                    "--scheduler", strategy, *extra_args]
             if options.trace:

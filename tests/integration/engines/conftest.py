@@ -39,3 +39,17 @@ def block_clock(monkeypatch):
     clock = SimpleNamespace(now=1000.0)
     monkeypatch.setattr(base_block_manager, "time", SimpleNamespace(perf_counter=lambda: clock.now))
     return clock
+
+
+@pytest.fixture
+def stock_hooks():
+    """LMDeploy's own scheduling and KV hooks (no sagellm plugin) for the test, then the previous ones."""
+    from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
+    from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
+
+    previous, previous_kv = get_sched_hooks(), get_kv_hooks()
+    set_sched_hooks(SchedulerHooks())
+    set_kv_hooks(None)
+    yield
+    set_sched_hooks(previous)
+    set_kv_hooks(previous_kv)

@@ -14,23 +14,11 @@ import numpy as np
 import pytest
 from lmdeploy.pytorch.messages import UpdateTokenMode
 from lmdeploy.pytorch.paging.block_trie import BlockTrie
-from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
-from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
 
 from sagellm.engines.lmdeploy import trie_leaves
 from tests.integration.engines.bare_scheduler import bare_scheduler
 
 BLOCK = 4
-
-
-@pytest.fixture
-def stock_hooks():
-    previous, previous_kv = get_sched_hooks(), get_kv_hooks()
-    set_sched_hooks(SchedulerHooks())
-    set_kv_hooks(None)
-    yield
-    set_sched_hooks(previous)
-    set_kv_hooks(previous_kv)
 
 
 @pytest.fixture

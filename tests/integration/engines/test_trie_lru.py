@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from lmdeploy.pytorch.messages import UpdateTokenMode
 from lmdeploy.pytorch.paging.block_manager.base_block_manager import LogicalMemory
-from lmdeploy.pytorch.paging.hooks import get_kv_hooks, set_kv_hooks
 from lmdeploy.pytorch.paging.scheduler import Scheduler
-from lmdeploy.pytorch.sched_hooks import SchedulerHooks, get_sched_hooks, set_sched_hooks
 
 from sagellm.engines.lmdeploy import trie_lru
 from tests.integration.engines.bare_scheduler import bare_scheduler
@@ -23,16 +21,10 @@ OLDER, NEWER = np.arange(10), np.arange(100, 110)  # 2 full blocks + 2 tokens ea
 
 
 @pytest.fixture
-def stock_engine(monkeypatch):
-    """Stock scheduling and KV hooks, and LogicalMemory as LMDeploy ships it (the plugin may be installed)."""
-    previous, previous_kv = get_sched_hooks(), get_kv_hooks()
-    set_sched_hooks(SchedulerHooks())
-    set_kv_hooks(None)
+def stock_logical_memory(monkeypatch):
+    """LogicalMemory as LMDeploy ships it (the plugin may be installed in this process)."""
     init = LogicalMemory.__init__
     monkeypatch.setattr(LogicalMemory, "__init__", getattr(init, "__wrapped__", init))
-    yield
-    set_sched_hooks(previous)
-    set_kv_hooks(previous_kv)
 
 
 def _run_and_end(scheduler: Scheduler, session_id: int, prompt: np.ndarray, clock, now: float) -> None:
@@ -62,14 +54,14 @@ def _cached_first_tokens(trie) -> list[int]:
     return sorted(int(node.tokens[0]) for node in trie.get_root(None).children.values())
 
 
-def test_stock_lmdeploy_stamps_both_prompts_with_the_same_second(stock_engine, block_clock):
+def test_stock_lmdeploy_stamps_both_prompts_with_the_same_second(stock_hooks, stock_logical_memory, block_clock):
     trie, first_blocks = _two_prompts_half_a_second_apart(block_clock)
     times = trie.allocator.get_access_time(np.array([first_blocks[0], first_blocks[100]]))
     assert times.dtype == np.int64
     assert times.tolist() == [1000, 1000]  # a tie: eviction order falls to object ids
 
 
-def test_with_the_plugin_the_older_prompt_is_evicted_first(stock_engine, block_clock):
+def test_with_the_plugin_the_older_prompt_is_evicted_first(stock_hooks, stock_logical_memory, block_clock):
     trie_lru.install_trie_lru()
     trie_lru.install_trie_lru()  # idempotent: wrapped once
     assert not hasattr(LogicalMemory.__init__.__wrapped__, "__wrapped__")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sagellm.bench.peers import (
-    LMDEPLOY_CACHE_FRACTION, PEER_PYTHON, REPO_ROOT, PeerSpec, ServerProfile, _command, kv_bytes_per_token, lmdeploy_memory_budget_gib,
+    LMDEPLOY_CACHE_FRACTION, PEER_PYTHON, REPO_ROOT, PeerSpec, ServerProfile, _command, kv_bytes_per_token,
+    lmdeploy_memory_budget_gib,
     parse_peers,
 )
 
