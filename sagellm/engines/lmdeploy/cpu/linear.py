@@ -11,12 +11,13 @@ import torch
 from lmdeploy.pytorch.backends.default.linear import DefaultLinearImpl
 from lmdeploy.pytorch.backends.linear import LinearBuilder
 
-from sagellm.accel.kernels.cpu.linear import PackedLinear
+from sagellm.accel.kernels.cpu.linear import PACKED_MIN_ROWS, PackedLinear
+from sagellm.engines.lmdeploy.cpu.config import cpu_device_config
 
 
 class CpuPackedLinearImpl(DefaultLinearImpl):
-    def __init__(self) -> None:
-        self.packed = PackedLinear()
+    def __init__(self, min_rows: int = PACKED_MIN_ROWS) -> None:
+        self.packed = PackedLinear(min_rows)
 
     def update_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.packed.invalidate()  # called after loading and after every in-place weight update
@@ -31,4 +32,4 @@ class CpuPackedLinearImpl(DefaultLinearImpl):
 class CpuPackedLinearBuilder(LinearBuilder):
     @staticmethod
     def build(in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = None):
-        return CpuPackedLinearImpl()
+        return CpuPackedLinearImpl(cpu_device_config().cpu_packed_linear_min_rows)

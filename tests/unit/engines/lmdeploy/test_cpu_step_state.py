@@ -125,6 +125,30 @@ def test_linear_layers_take_the_packed_builder_unless_turned_off(monkeypatch, pa
                                        rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("env", "packs_two_rows"), [({}, False), ({"SAGELLM_CPU_PACKED_LINEAR_MIN_ROWS": "2"}, True)])
+def test_packed_linear_layers_leave_inputs_of_fewer_rows_than_configured_to_f_linear(monkeypatch, env, packs_two_rows):
+    from lmdeploy.pytorch.backends.base import OpType
+
+    from sagellm.accel.kernels.cpu.linear import packed_linear_dtypes
+    from sagellm.engines.lmdeploy.cpu import op_backend
+
+    if torch.float32 not in packed_linear_dtypes():
+        pytest.skip("oneDNN packed linear is not available on this CPU build")
+    config = load_config(CpuDeviceConfig, env=env)
+    monkeypatch.setattr(op_backend, "cpu_device_config", lambda: config)
+    monkeypatch.setattr("sagellm.engines.lmdeploy.cpu.linear.cpu_device_config", lambda: config)
+    impl = op_backend.CpuOpsBackend.get_layer_impl_builder(OpType.Linear).build(32, 48, bias=False)
+    weight = torch.randn(48, 32)
+    with torch.inference_mode():
+        impl.forward(torch.randn(2, 32), weight)
+    assert impl.packed.is_packed is packs_two_rows
+
+
+def test_a_negative_packed_linear_min_rows_is_rejected_with_its_name():
+    with pytest.raises(ValueError, match="cpu_packed_linear_min_rows must be >= 0"):
+        load_config(CpuDeviceConfig, env={"SAGELLM_CPU_PACKED_LINEAR_MIN_ROWS": "-1"})
+
+
 def test_decode_steps_take_the_native_kernel_unless_quantized_prefill_or_off(monkeypatch):
     sentinel = object()
     monkeypatch.setattr(step_state, "native_kernels", lambda: sentinel)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sagellm.accel.kernels.cpu.linear import PackedLinear, packed_linear_dtypes
+from sagellm.accel.kernels.cpu.linear import PACKED_MIN_ROWS, PackedLinear, packed_linear_dtypes
 
 needs_onednn = pytest.mark.skipif(torch.float32 not in packed_linear_dtypes(),
                                   reason="oneDNN packed linear is not available on this CPU build")
@@ -25,11 +25,42 @@ def test_matches_f_linear_up_to_rounding(shape, with_bias):
     weight, bias = _weights()
     bias = bias if with_bias else None
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    layer = PackedLinear(min_rows=0)
     with torch.inference_mode():
-        out = PackedLinear()(x, weight, bias)
+        out = layer(x, weight, bias)
     expected = F.linear(x, weight, bias)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert layer.is_packed
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(1, 32), (3, 32), (1, 3, 32)])
+def test_inputs_of_fewer_rows_than_min_rows_take_f_linear_exactly_and_never_pack(shape):
+    weight, bias = _weights()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    layer = PackedLinear()
+    assert PACKED_MIN_ROWS == 4
+    with torch.inference_mode():
+        assert torch.equal(layer(x, weight, bias), F.linear(x, weight, bias))
+    assert not layer.is_packed
+
+
+@needs_onednn
+def test_an_input_of_min_rows_rows_packs():
+    weight, bias = _weights()
+    layer = PackedLinear(min_rows=4)
+    with torch.inference_mode():
+        layer(torch.randn(3, 32), weight, bias)
+        assert not layer.is_packed
+        out = layer(torch.randn(2, 2, 32), weight, bias)
+    assert layer.is_packed and out.shape == (2, 2, 48)
+
+
+@pytest.mark.parametrize("min_rows", [-1, 1.5, True, "4"])
+def test_min_rows_must_be_a_non_negative_int(min_rows):
+    with pytest.raises(ValueError, match="min_rows must be an int >= 0"):
+        PackedLinear(min_rows)
 
 
 @needs_onednn
@@ -37,12 +68,13 @@ def test_non_contiguous_input():
     weight, bias = _weights()
     x = torch.randn(6, 64)[:, ::2]
     with torch.inference_mode():
-        torch.testing.assert_close(PackedLinear()(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(PackedLinear(min_rows=0)(x, weight, bias), F.linear(x, weight, bias),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn
 def test_another_weight_or_an_invalidated_update_is_repacked():
-    layer = PackedLinear()
+    layer = PackedLinear(min_rows=0)
     first, _ = _weights(seed=0)
     second, _ = _weights(seed=2)
     x = torch.randn(3, 32)
