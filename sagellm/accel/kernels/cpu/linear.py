@@ -10,9 +10,11 @@ from ``F.linear`` by rounding only (relative 1e-6 in float32): the same products
 another order.
 
 Inputs of fewer than ``min_rows`` rows stay on ``F.linear``: with 1-3 rows MKL's sgemm streams the
-plain weight faster than oneDNN's blocked matmul. Measured on the reference machine over every
-linear of a decode step, weights cycled as in a forward (so read from memory, not cache), best of
-4 alternating runs:
+plain weight faster than oneDNN's blocked matmul. Measured over every linear of a decode step,
+weights cycled as in a forward (so read from memory, not cache), best of 4 alternating runs, on
+the 2-core host of 2026-11-25 (an Intel Xeon with AVX-512; the 1.2-1.7x above was measured on
+one hot weight on the AMD EPYC host, so the crossover may sit elsewhere on other CPUs: tune it
+with ``SAGELLM_CPU_PACKED_LINEAR_MIN_ROWS``):
 
 * tiny model (K = 256/1376, 16 MiB), 1 thread: 0.92 / 0.94 / 0.95 ms against 1.28 / 1.32 / 1.29 ms
   at 1 / 2 / 3 rows; at 4 rows oneDNN leads, 1.32 against 1.47 ms;
