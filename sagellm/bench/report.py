@@ -134,6 +134,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("targets"):
         lines += ["## Targets", ""]
         for t in report["targets"]:
+            if t["value"] is None:  # the run left the scenario (or one of its peers) out
+                lines.append(f"- {t['text']}: not measured in this run (target ≥ {t['minimum']:g}x)")
+                continue
             lines.append(f"- {t['text']}: {_x(t['value'])} (target ≥ {t['minimum']:g}x) — "
                          + ("**met**" if t["met"] else "**NOT met**"))
         lines.append("")

@@ -25,7 +25,8 @@ RESULTS = [result("chat_c8", "sagellm", r, t, f) for r, (t, f) in enumerate([(10
 def fake_report() -> dict:
     summary = aggregate(RESULTS)
     table = ratios(summary, "vllm")
-    suite = Suite("fake", "fake suite", (), targets=(Target("chat_c8", "output_throughput", 1.0, "sagellm >= vllm"),))
+    suite = Suite("fake", "fake suite", (), targets=(Target("chat_c8", "output_throughput", 1.0, "sagellm >= vllm"),
+                                                     Target("docqa", "output_throughput", 2.0, "docqa 2x")))
     return {
         "schema": SCHEMA_VERSION, "name": "fake-1", "suite": "fake", "suite_description": "a fake run",
         "started_at": "20260101T000000Z", "duration_s": 60.0, "command": ["sage", "bench", "run"],
@@ -65,6 +66,7 @@ def test_markdown_has_the_tables():
     assert "# Benchmark `fake-1` (suite `fake`)" in md
     assert "| chat_c8 | 0.55x | 0.67x |" in md  # headline ratios: throughput, TTFT p50
     assert "- sagellm >= vllm: 0.55x (target ≥ 1x) — **NOT met**" in md
+    assert "- docqa 2x: not measured in this run (target ≥ 2x)" in md  # a scenario the run left out
     assert "| sagellm | 4 (0) | 120.0 |" in md
     assert "- n1" in md
 
