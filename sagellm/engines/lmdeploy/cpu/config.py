@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sagellm.accel.kernels.cpu.linear import PACKED_MIN_ROWS
 from sagellm.core.config import load_config
 
 
@@ -47,7 +48,7 @@ class CpuDeviceConfig:
                           "off: F.linear"},
     )
     cpu_packed_linear_min_rows: int = field(
-        default=4,
+        default=PACKED_MIN_ROWS,
         metadata={"help": "with cpu_packed_linear: inputs of fewer rows (decode steps of 1-3 sequences) take "
                           "F.linear, whose MKL path reads the plain weight faster there (measured 1.1-1.4x); "
                           "0: every input takes the packed weight"},
