@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sagellm.accel.kernels.cpu.linear import PACKED_MIN_ROWS, PackedLinear, packed_linear_dtypes
+from sagellm.accel.kernels.cpu.linear import (
+    BUCKET_FROM_ROWS,
+    PACKED_MIN_ROWS,
+    PackedLinear,
+    bucket_rows,
+    packed_linear_dtypes,
+)
 
 needs_onednn = pytest.mark.skipif(torch.float32 not in packed_linear_dtypes(),
                                   reason="oneDNN packed linear is not available on this CPU build")
@@ -55,6 +61,42 @@ def test_an_input_of_min_rows_rows_packs():
         assert not layer.is_packed
         out = layer(torch.randn(2, 2, 32), weight, bias)
     assert layer.is_packed and out.shape == (2, 2, 48)
+
+
+@pytest.mark.parametrize("rows, bucket", [(1, 1), (37, 37), (64, 64), (65, 72), (72, 72), (73, 80),
+                                          (127, 128), (128, 128), (129, 144), (200, 208), (1000, 1024),
+                                          (1025, 1152), (4097, 4608)])
+def test_bucket_rows(rows, bucket):
+    assert BUCKET_FROM_ROWS == 64
+    assert bucket_rows(rows) == bucket
+
+
+def test_buckets_add_at_most_an_eighth_and_are_8_per_doubling():
+    buckets = [bucket_rows(rows) for rows in range(1, 8193)]
+    assert all(rows <= b <= rows + rows // 8 for rows, b in zip(range(1, 8193), buckets))
+    for low in (64, 128, 1024, 4096):
+        assert len({b for rows, b in zip(range(1, 8193), buckets) if low < rows <= 2 * low}) == 8
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(65, 32), (1, 200, 32), (2, 100, 32)])
+def test_padded_inputs_match_f_linear_up_to_rounding(shape):
+    weight, bias = _weights()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = PackedLinear(min_rows=0)(x, weight, bias)
+    assert out.shape == (*shape[:-1], 48) and out.is_contiguous()
+    torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_row_counts_of_one_bucket_give_the_same_rows_bit_for_bit():
+    """200 rows are padded to 208, so they come out exactly as the first 200 of a 208-row input."""
+    weight, bias = _weights(out_features=96, in_features=64)
+    x = torch.randn(208, 64, generator=torch.Generator().manual_seed(2))
+    layer = PackedLinear(min_rows=0)
+    with torch.inference_mode():
+        assert torch.equal(layer(x[:200], weight, bias), layer(x, weight, bias)[:200])
 
 
 @pytest.mark.parametrize("min_rows", [-1, 1.5, True, "4"])
