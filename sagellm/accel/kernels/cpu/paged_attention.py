@@ -222,7 +222,7 @@ def paged_attention(
         # fresh prefill: query i of a sequence sees keys 0..i, all of them its own (padded keys only
         # ever meet padded query rows, which are dropped)
         lengths = q_seqlens.tolist()
-        if _padding_outweighs_calls(lengths, packed.max_q_len):
+        if _padding_outweighs_calls(lengths, packed.max_q_len, threads=torch.get_num_threads()):
             out = q.new_empty(q.shape[:-1] + (v.size(-1),))
             for row, length in enumerate(lengths):
                 out[row : row + 1, :, :length] = F.scaled_dot_product_attention(
@@ -241,14 +241,15 @@ def _fresh_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     """Causal attention of a fresh prefill (no history) over the step's own packed K and V.
 
     Every key a query sees is one of this step's, so nothing is read back from the caches. Query
-    i of a sequence sees its keys 0..i; a padded grid is built only when one call over it costs less
-    than a call per sequence (:func:`_padding_outweighs_calls`), otherwise each sequence's rows are
-    attended in place and written straight into the packed output.
+    i of a sequence sees its keys 0..i; a padded grid is built only when one call over it, copies
+    included, costs less than a call per sequence (:func:`_padding_outweighs_calls`), otherwise each
+    sequence's rows are attended in place and written straight into the packed output.
     """
     batch = q_seqlens.numel()
     gqa = key.size(1) != query.size(1)
     lengths = q_seqlens.tolist()
-    if _padding_outweighs_calls(lengths, packed.max_q_len):  # False for a single sequence
+    if _padding_outweighs_calls(lengths, packed.max_q_len, copies_grid=True,
+                                threads=torch.get_num_threads()):  # False for a single sequence
         out = query.new_empty(query.size(0), query.size(1), value.size(-1))
         start = 0
         for length in lengths:
@@ -274,20 +275,33 @@ def _one_sequence(rows: torch.Tensor) -> torch.Tensor:
     return rows.transpose(0, 1).unsqueeze(0)
 
 
-#: One more causal attention call costs about as much as this many (query, key) pairs (about 30 us
-#: against about 10 ns per pair at 4 heads x 64 dims on the 2-core reference machine).
+#: One more causal attention call costs about as much as this many (query, key) pairs on one thread
+#: (about 30 us against about 10 ns per pair at 4 heads x 64 dims on the 2-core reference machine).
+#: The call's cost does not shrink with threads, the pairs' does.
 PREFILL_CALL_PAIRS = 3000
 
+#: Placing one padded row on the grid (query, key and value copied in, the output copied out) costs
+#: about as much as this many pairs. Measured on the Intel host (float32, 4 query / 2 KV heads x 64
+#: dims, best of 5): 3 prompts of 230-245 tokens, grid against per sequence, 2.07 / 1.71 ms on one
+#: thread and 1.88 / 0.97 ms on two; prompts of 50, 60, 400, 100 tokens 5.55 / 1.62 ms; 16 prompts of
+#: 60-64 tokens 1.78 / 1.28 ms on one thread, 0.80 / 0.91 on two; 16 of 18-22 tokens 0.34 / 0.47 ms.
+GRID_ROW_PAIRS = 60
 
-def _padding_outweighs_calls(lengths: list[int], max_len: int) -> bool:
+
+def _padding_outweighs_calls(lengths: list[int], max_len: int, *, copies_grid: bool = False,
+                             threads: int = 1) -> bool:
     """Whether a fresh prefill is cheaper one sequence at a time than on the padded grid.
 
     The padded grid computes ``batch * max_len**2`` causal pairs (halved by the mask, like the
-    real ones); per sequence it is ``sum(length**2)`` plus a call each.
+    real ones), plus, with ``copies_grid``, the copies of every grid row when the lengths differ;
+    per sequence it is ``sum(length**2)`` plus a call each, on ``threads`` threads.
     """
     if len(lengths) < 2:
         return False
-    return sum(n * n + PREFILL_CALL_PAIRS for n in lengths) < len(lengths) * max_len * max_len
+    grid = len(lengths) * max_len * max_len
+    if copies_grid and len(lengths) * max_len != sum(lengths):
+        grid += len(lengths) * max_len * GRID_ROW_PAIRS
+    return sum(n * n for n in lengths) + len(lengths) * PREFILL_CALL_PAIRS * threads < grid
 
 
 def _bucketed_decode(query, history: DenseHistory, scale, window, packed: PackedBatch) -> torch.Tensor:

@@ -207,6 +207,25 @@ def test_fresh_prefill_one_call_per_sequence_or_padded_gives_the_same(call_pairs
     torch.testing.assert_close(paged_attention(*args, scale=8**-0.5), expected, atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("lengths, threads, per_sequence", [
+    ([230, 245, 240], 1, True),  # measured 1.71 ms per sequence against 2.07 on the grid
+    ([230, 245, 240], 2, True),  # 0.97 against 1.88
+    ([50, 60, 400, 100], 1, True),
+    ([60, 64] * 8, 1, True),  # 1.28 against 1.78
+    ([60, 64] * 8, 2, False),  # 0.91 against 0.80: the calls do not get faster with threads
+    ([18, 22] * 8, 1, False),  # 0.47 against 0.34
+    ([160], 1, False),  # one sequence is its own grid
+])
+def test_fresh_prefill_counts_the_grid_copies_and_the_threads(lengths, threads, per_sequence):
+    assert paged_attention_module._padding_outweighs_calls(lengths, max(lengths), copies_grid=True,
+                                                           threads=threads) is per_sequence
+
+
+def test_grid_rows_cost_nothing_extra_when_the_lengths_are_equal():
+    """Equal lengths: the packed tokens are the grid, nothing is copied, so the grid wins."""
+    assert not paged_attention_module._padding_outweighs_calls([64] * 16, 64, copies_grid=True)
+
+
 def test_fresh_prefill_of_equal_lengths_needs_no_padding():
     args, expected = _scenario([0, 0], [6, 6])
     torch.testing.assert_close(paged_attention(*args, scale=8**-0.5), expected, atol=2e-6, rtol=0)
