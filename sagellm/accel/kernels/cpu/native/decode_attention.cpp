@@ -225,45 +225,41 @@ void decode_heads_fixed(const DecodeArgs& a, int64_t b, int64_t h_begin, int64_t
     const T* k_cache = static_cast<const T*>(a.k_cache);
     const T* v_cache = static_cast<const T*>(a.v_cache);
 
-    for_each_block_run(table, start, length, a.block_size, [&](int64_t id, int64_t in_block, int64_t count, int64_t t) {
-        const T* block = k_cache + id * a.k_block_stride + in_block * a.k_slot_stride;
-        for (int64_t i = 0; i < count; ++i) {  // slot by slot: each slot's KV heads are one contiguous read
-            const T* slot = block + i * a.k_slot_stride;
-            for (int64_t h = h_begin; h < h_end; ++h) {
-                const T* key = slot + h * a.k_head_stride;
-                Lanes k[kChunks];
-                for (int c = 0; c < kChunks; ++c) k[c] = load_lanes(key + c * kLanes);
-                for (int64_t g = 0; g < group; ++g) {
-                    const int64_t qh = (h - h_begin) * group + g;
-                    const float* q = query + qh * DIM;
-                    Lanes acc = load_lanes(q) * k[0];
-                    for (int c = 1; c < kChunks; ++c) acc += load_lanes(q + c * kLanes) * k[c];
-                    scores[qh * n + t + i] = sum_lanes(acc) * a.scale;
+    // visit(KV head - h_begin, its row of the slot as lanes, position - start) for every slot in order
+    auto rows = [&](const T* cache, int64_t block_stride, int64_t slot_stride, int64_t head_stride, auto visit) {
+        for_each_block_run(table, start, length, a.block_size, [&](int64_t id, int64_t in_block, int64_t count, int64_t t) {
+            const T* block = cache + id * block_stride + in_block * slot_stride;
+            for (int64_t i = 0; i < count; ++i) {  // slot by slot: each slot's KV heads are one contiguous read
+                const T* slot = block + i * slot_stride;
+                for (int64_t h = h_begin; h < h_end; ++h) {
+                    Lanes row[kChunks];
+                    for (int c = 0; c < kChunks; ++c) row[c] = load_lanes(slot + h * head_stride + c * kLanes);
+                    visit(h - h_begin, row, t + i);
                 }
             }
+        });
+    };
+    rows(k_cache, a.k_block_stride, a.k_slot_stride, a.k_head_stride, [&](int64_t kv, const Lanes* key, int64_t pos) {
+        for (int64_t g = 0; g < group; ++g) {
+            const int64_t qh = kv * group + g;
+            const float* q = query + qh * DIM;
+            Lanes acc = load_lanes(q) * key[0];
+            for (int c = 1; c < kChunks; ++c) acc += load_lanes(q + c * kLanes) * key[c];
+            scores[qh * n + pos] = sum_lanes(acc) * a.scale;
         }
     });
     for (int64_t qh = 0; qh < q_heads; ++qh)
         softmax_scores(scores + qh * n, n, a.softcap, a.sinks ? a.sinks + q_begin + qh : nullptr);
     std::fill(out, out + q_heads * DIM, 0.0f);  // [q_heads, DIM]
-    for_each_block_run(table, start, length, a.block_size, [&](int64_t id, int64_t in_block, int64_t count, int64_t t) {
-        const T* block = v_cache + id * a.v_block_stride + in_block * a.v_slot_stride;
-        for (int64_t i = 0; i < count; ++i) {
-            const T* slot = block + i * a.v_slot_stride;
-            for (int64_t h = h_begin; h < h_end; ++h) {
-                const T* value = slot + h * a.v_head_stride;
-                Lanes v[kChunks];
-                for (int c = 0; c < kChunks; ++c) v[c] = load_lanes(value + c * kLanes);
-                for (int64_t g = 0; g < group; ++g) {
-                    const int64_t qh = (h - h_begin) * group + g;
-                    const float w = scores[qh * n + t + i];
-                    float* o = out + qh * DIM;
-                    for (int c = 0; c < kChunks; ++c) {
-                        Lanes acc = load_lanes(o + c * kLanes);
-                        acc += w * v[c];
-                        std::memcpy(o + c * kLanes, &acc, sizeof(acc));
-                    }
-                }
+    rows(v_cache, a.v_block_stride, a.v_slot_stride, a.v_head_stride, [&](int64_t kv, const Lanes* value, int64_t pos) {
+        for (int64_t g = 0; g < group; ++g) {
+            const int64_t qh = kv * group + g;
+            const float w = scores[qh * n + pos];
+            float* o = out + qh * DIM;
+            for (int c = 0; c < kChunks; ++c) {
+                Lanes acc = load_lanes(o + c * kLanes);
+                acc += w * value[c];
+                std::memcpy(o + c * kLanes, &acc, sizeof(acc));
             }
         }
     });
