@@ -37,6 +37,7 @@ second time.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,7 @@ class PackedLinear:
             self._key = key
         if bias is not None and bias.dtype != weight.dtype:
             bias = bias.to(weight.dtype)
-        rows = x.numel() // x.shape[-1]
+        rows = math.prod(x.shape[:-1])
         padded_rows = bucket_rows(rows)
         if padded_rows == rows:
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, bias, "none", [], "")
