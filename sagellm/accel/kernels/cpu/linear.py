@@ -32,15 +32,26 @@ the padding is cut off the result: a long-running server builds a bounded set of
 The reordered copy is kept beside the plain weight (other code reads the plain one: tied
 embeddings, weight export, the few-row path), so packed layers cost their weights' memory a
 second time.
+
+Which path is faster depends on the CPU and on where the weights are read from: on the Intel host
+F.linear ran the tiny model's 16 linears (16 MiB, cache-resident) 0.81-0.97x the packed time at
+8-128 rows, while the packed path ran the 100M model's (367 MiB, read from memory) 1.2-1.7x faster
+at 4-32 rows. A layer given a :class:`~sagellm.accel.kernels.cpu.linear_choice.RowChoice` takes
+the packed path only for the row counts where it measured faster over the whole model (see
+:mod:`sagellm.accel.kernels.cpu.linear_choice`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sagellm.accel.kernels.cpu.linear_choice import LinearCalibration, RowChoice
 
 #: inputs with fewer rows than this take ``F.linear`` (see the module docstring)
 PACKED_MIN_ROWS = 4
@@ -79,16 +90,38 @@ class PackedLinear:
     or dtype) is reordered again, and :meth:`invalidate` drops the copy after an in-place update.
     Weights of a dtype oneDNN cannot pack here, inputs of another dtype than the weight, weights
     that require grad and inputs of fewer than ``min_rows`` rows take plain ``F.linear``.
+
+    With a ``calibration``, the layer reports itself (with its weight) on every call until the
+    calibration hands it a :class:`RowChoice` (:meth:`choose`); from then on inputs whose row count
+    the choice leaves unpacked take ``F.linear`` as well.
     """
 
-    __slots__ = ("_key", "_min_rows", "_packed")
+    __slots__ = ("_calibration", "_choice", "_key", "_min_rows", "_packed")
 
-    def __init__(self, min_rows: int = PACKED_MIN_ROWS) -> None:
+    def __init__(self, min_rows: int = PACKED_MIN_ROWS, calibration: LinearCalibration | None = None) -> None:
         if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 0:
             raise ValueError(f"min_rows must be an int >= 0 (0: pack every input), got {min_rows!r}")
         self._key: tuple | None = None
         self._packed: torch.Tensor | None = None
         self._min_rows = min_rows
+        self._calibration = calibration
+        self._choice: RowChoice | None = None
+
+    @property
+    def min_rows(self) -> int:
+        return self._min_rows
+
+    @property
+    def choice(self) -> RowChoice | None:
+        """The measured per-row-count choice, None until one is made (then packed from ``min_rows`` up)."""
+        return self._choice
+
+    def choose(self, choice: RowChoice) -> None:
+        """Take the packed path only for the row counts ``choice`` packs; drops the reordered weight
+        when it packs none."""
+        self._choice = choice
+        if not choice.packs_any:
+            self.invalidate()
 
     @property
     def is_packed(self) -> bool:
@@ -111,8 +144,20 @@ class PackedLinear:
         )
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        choice = self._choice
+        if choice is not None and not choice.packs_any:
+            return F.linear(x, weight, bias)
         if x.numel() < self._min_rows * x.shape[-1] or not self.supports(x, weight):
             return F.linear(x, weight, bias)
+        if choice is None:
+            if self._calibration is not None:
+                self._calibration.saw(self, weight, bias)
+        elif not choice.packs(math.prod(x.shape[:-1])):
+            return F.linear(x, weight, bias)
+        return self.packed_linear(x, weight, bias)
+
+    def packed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The packed path for any row count (the caller has checked :meth:`supports`)."""
         key = (weight.data_ptr(), tuple(weight.shape), weight.dtype)
         if key != self._key:
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)

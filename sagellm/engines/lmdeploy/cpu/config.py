@@ -43,11 +43,18 @@ class CpuDeviceConfig:
     )
     cpu_packed_linear: bool = field(
         default=True,
-        metadata={"help": "dense linear layers run on oneDNN with their weights packed once (x86 CPUs; "
-                          "a second copy of the linear weights in memory); off: F.linear. Which is faster "
-                          "depends on the CPU and the model: packed measured 1.2-1.7x faster matmuls for "
-                          "the 100M model on an Intel Xeon and the tiny one on an AMD EPYC, off 1.08x more "
-                          "chat throughput for the tiny model on the Intel Xeon (see the README)"},
+        metadata={"help": "dense linear layers may run on oneDNN with their weights packed once (x86 CPUs; "
+                          "a second copy of the linear weights in memory where it runs), at the row counts "
+                          "cpu_packed_linear_measure finds it faster; off: F.linear everywhere"},
+    )
+    cpu_packed_linear_measure: bool = field(
+        default=True,
+        metadata={"help": "with cpu_packed_linear: after the model's first forward, time one pass over all of "
+                          "its linear weights each way at 4-64 and 256 rows (once per model and process: 0.1 s "
+                          "for the tiny model, 1.9 s for the 100M one on the Intel host) and run the packed "
+                          "path only at the row counts where its pass took at most 0.95x F.linear's (its "
+                          "second copy of the weights is dropped where it wins none); off: packed from "
+                          "cpu_packed_linear_min_rows up"},
     )
     cpu_packed_linear_min_rows: int = field(
         default=PACKED_MIN_ROWS,

@@ -10,7 +10,13 @@ from lmdeploy.pytorch.backends.default import DefaultOpsBackend
 from sagellm.accel.kernels.cpu import DensePlan, pack_batch
 from sagellm.accel.kernels.cpu.native import native_kernels
 from sagellm.engines.lmdeploy.cpu.config import cpu_device_config
-from sagellm.engines.lmdeploy.cpu.step_state import busy_elsewhere, native_decode, plan_step, thread_policy
+from sagellm.engines.lmdeploy.cpu.step_state import (
+    busy_elsewhere,
+    choose_linears,
+    native_decode,
+    plan_step,
+    thread_policy,
+)
 
 # weight-quantized layers (sagellm.engines.lmdeploy.cpu.quant_linear): AWQ W4/W8, SmoothQuant int8 run weight-only
 _QUANT_BUILDERS = {
@@ -55,10 +61,11 @@ class CpuOpsBackend(DefaultOpsBackend):
 
     @classmethod
     def update_step_context(cls, step_context):
-        """Once per forward: thread count, attention metadata with the packed-batch indices every layer reuses,
+        """Once per forward: the packed linears' row choice (after a model's first forward), thread count, attention metadata with the packed-batch indices every layer reuses,
         and how decode attention reads the history: the native kernel straight from the cache, else the layers'
         dense decode history (``sagellm.accel.kernels.cpu.dense_decode``)."""
         policy = thread_policy(step_context.model_config)
+        choose_linears(policy)
         torch.set_num_threads(policy.threads_for(step_context.input_ids.numel(), busy_elsewhere()))
         q_seqlens = step_context.q_seqlens
         kv_seqlens = step_context.kv_seqlens

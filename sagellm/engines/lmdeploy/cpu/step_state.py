@@ -4,6 +4,8 @@
   and ``CpuDeviceConfig``; :func:`busy_elsewhere` caps them at the cores other processes leave free.
 * :func:`native_decode`: whether a decode forward's attention runs on the native kernel straight
   over the paged cache (``sagellm.accel.kernels.cpu.native``); such a step keeps no dense copy.
+* :func:`linear_calibration`: the packed linears that ran without a measured row choice, decided
+  together between forwards (``sagellm.accel.kernels.cpu.linear_choice``).
 * :func:`plan_step`: otherwise, whether this forward's layers append to, rebuild, or skip their dense decode
   history (``sagellm.accel.kernels.cpu.dense_decode``). One :class:`DenseDecodeKV` per engine KV
   cache, found by the cache tensor's identity and dropped once the cache is gone.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from sagellm.accel.kernels.cpu import DenseDecodeKV, DensePlan, PackedBatch
+from sagellm.accel.kernels.cpu.linear_choice import LinearCalibration
 from sagellm.accel.kernels.cpu.native import NativeKernels, native_kernels
 from sagellm.accel.kernels.cpu.native.attention import decode_tables_checked
 from sagellm.accel.kernels.cpu.native.ops import token_slots_checked
@@ -30,6 +33,7 @@ _MIB = 1 << 20
 _dense_by_cache: dict[int, tuple[weakref.ref, DenseDecodeKV]] = {}
 _policies: dict[tuple, ThreadPolicy] = {}
 _busy_elsewhere: BusyElsewhere | None = None
+_linear_calibration = LinearCalibration()
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,19 @@ def busy_elsewhere() -> BusyElsewhere:
     if _busy_elsewhere is None:
         _busy_elsewhere = BusyElsewhere()
     return _busy_elsewhere
+
+
+def linear_calibration() -> LinearCalibration:
+    """The process's collector of packed linears awaiting their measured row choice."""
+    return _linear_calibration
+
+
+def choose_linears(policy: ThreadPolicy) -> None:
+    """Choose for the packed linears the last forward ran undecided: a model's first forward reaches
+    its decoder's linears, timed at each row count on the threads such a forward gets; layers that
+    first run later take that model's choice (the policy, memoized by the model's shape, names it)."""
+    if _linear_calibration.pending:
+        _linear_calibration.decide(policy.threads_for, key=policy)
 
 
 def dense_history(kv_caches) -> DenseDecodeKV | None:

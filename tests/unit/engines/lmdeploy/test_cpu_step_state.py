@@ -111,8 +111,10 @@ def test_linear_layers_take_the_packed_builder_unless_turned_off(monkeypatch, pa
     from sagellm.engines.lmdeploy.cpu import op_backend
     from sagellm.engines.lmdeploy.cpu.linear import CpuPackedLinearBuilder
 
-    config = load_config(CpuDeviceConfig, env={"SAGELLM_CPU_PACKED_LINEAR": "1" if packed else "0"})
+    config = load_config(CpuDeviceConfig, env={"SAGELLM_CPU_PACKED_LINEAR": "1" if packed else "0",
+                                                "SAGELLM_CPU_PACKED_LINEAR_MEASURE": "0"})
     monkeypatch.setattr(op_backend, "cpu_device_config", lambda: config)
+    monkeypatch.setattr("sagellm.engines.lmdeploy.cpu.linear.cpu_device_config", lambda: config)
     builder = op_backend.CpuOpsBackend.get_layer_impl_builder(OpType.Linear)
     assert builder is (CpuPackedLinearBuilder if packed else DefaultLinearBuilder)
     if packed:
@@ -134,7 +136,7 @@ def test_packed_linear_layers_leave_inputs_of_fewer_rows_than_configured_to_f_li
 
     if torch.float32 not in packed_linear_dtypes():
         pytest.skip("oneDNN packed linear is not available on this CPU build")
-    config = load_config(CpuDeviceConfig, env=env)
+    config = load_config(CpuDeviceConfig, env={**env, "SAGELLM_CPU_PACKED_LINEAR_MEASURE": "0"})
     monkeypatch.setattr(op_backend, "cpu_device_config", lambda: config)
     monkeypatch.setattr("sagellm.engines.lmdeploy.cpu.linear.cpu_device_config", lambda: config)
     impl = op_backend.CpuOpsBackend.get_layer_impl_builder(OpType.Linear).build(32, 48, bias=False)
@@ -142,6 +144,40 @@ def test_packed_linear_layers_leave_inputs_of_fewer_rows_than_configured_to_f_li
     with torch.inference_mode():
         impl.forward(torch.randn(2, 32), weight)
     assert impl.packed.is_packed is packs_two_rows
+
+
+@pytest.mark.parametrize("measure", [True, False])
+def test_packed_linear_layers_report_to_the_calibration_unless_measuring_is_off(monkeypatch, measure):
+    from sagellm.accel.kernels.cpu.linear_choice import LinearCalibration
+    from sagellm.engines.lmdeploy.cpu import linear
+
+    config = load_config(CpuDeviceConfig, env={"SAGELLM_CPU_PACKED_LINEAR_MEASURE": "1" if measure else "0"})
+    calibration = LinearCalibration()
+    monkeypatch.setattr(linear, "cpu_device_config", lambda: config)
+    monkeypatch.setattr(linear, "linear_calibration", lambda: calibration)
+    impl = linear.CpuPackedLinearBuilder.build(32, 48, bias=False)
+    assert impl.packed._calibration is (calibration if measure else None)
+
+
+def test_a_forward_decides_the_linears_the_previous_forward_ran_on_its_threads(monkeypatch):
+    from sagellm.engines.lmdeploy.cpu.threads import ThreadPolicy
+
+    class RecordingCalibration:
+        pending = 0
+        decided_with = None
+
+        def decide(self, threads_for, key):
+            self.decided_with = threads_for
+            self.key = key
+
+    calibration = RecordingCalibration()
+    monkeypatch.setattr(step_state, "_linear_calibration", calibration)
+    policy = ThreadPolicy(max_threads=2, fixed=2)
+    step_state.choose_linears(policy)
+    assert calibration.decided_with is None  # nothing pending: nothing measured
+    calibration.pending = 3
+    step_state.choose_linears(policy)
+    assert calibration.decided_with(4) == 2 and calibration.key is policy
 
 
 def test_a_negative_packed_linear_min_rows_is_rejected_with_its_name():
