@@ -131,11 +131,11 @@ def measure_linears(layers: Sequence[Layer], rows: Sequence[int], threads_for: C
     measured: list[Layer] = []
     total = 0
     for layer in layers:
-        weight = layer[1]
-        if measured and total + weight.numel() * weight.element_size() > max_bytes:
+        size = layer[1].numel() * layer[1].element_size()
+        if measured and total + size > max_bytes:
             break
         measured.append(layer)
-        total += weight.numel() * weight.element_size()
+        total += size
     timings = []
     threads_before = torch.get_num_threads()
     try:

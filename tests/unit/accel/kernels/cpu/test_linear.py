@@ -11,11 +11,8 @@ from sagellm.accel.kernels.cpu.linear import (
     PACKED_MIN_ROWS,
     PackedLinear,
     bucket_rows,
-    packed_linear_dtypes,
 )
-
-needs_onednn = pytest.mark.skipif(torch.float32 not in packed_linear_dtypes(),
-                                  reason="oneDNN packed linear is not available on this CPU build")
+from tests.unit.accel.kernels.cpu.markers import needs_onednn
 
 
 def _weights(out_features=48, in_features=32, seed=0):

@@ -1,4 +1,4 @@
-"""The measured per-layer choice of the row counts a packed linear runs packed."""
+"""The measured per-model choice of the row counts a packed linear runs packed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sagellm.accel.kernels.cpu.linear import PackedLinear, packed_linear_dtypes
+from sagellm.accel.kernels.cpu.linear import PackedLinear
 from sagellm.accel.kernels.cpu.linear_choice import (
     PACKED_WIN_RATIO,
     LinearCalibration,
@@ -16,9 +16,7 @@ from sagellm.accel.kernels.cpu.linear_choice import (
     measure_linears,
     measured_rows,
 )
-
-needs_onednn = pytest.mark.skipif(torch.float32 not in packed_linear_dtypes(),
-                                  reason="oneDNN packed linear is not available on this CPU build")
+from tests.unit.accel.kernels.cpu.markers import needs_onednn
 
 
 @pytest.mark.parametrize(("min_rows", "rows"), [
@@ -104,9 +102,8 @@ def test_measuring_reads_at_most_max_bytes_of_weights_but_always_one_layer():
         measure_linears([], (4,), lambda rows: 1)
 
 
+@needs_onednn
 def test_choosing_packs_only_the_chosen_row_counts_and_a_choice_of_none_drops_the_packed_copy():
-    if torch.float32 not in packed_linear_dtypes():
-        pytest.skip("oneDNN packed linear is not available on this CPU build")
     layer = PackedLinear()
     weight = torch.randn(48, 32)
     with torch.inference_mode():
