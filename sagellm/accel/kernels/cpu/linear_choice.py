@@ -4,11 +4,11 @@
 and models and slower on others, and the difference comes from where the weights are read from
 (cache or memory), so one hot weight misleads. Measured on the 2-core Intel host of 2026-11-25:
 
-* tiny model (16 linears, 16 MiB): F.linear took 0.81-0.97x the packed path's time at 8-128 rows
+* tiny model (16 decoder linears and the LM head, 15 MiB): F.linear took 0.81-0.97x the packed path's time at 8-128 rows
   on one thread; served chat with the packed path on from 4 rows up gave 0.93x / 0.97x the output
   throughput of F.linear everywhere at concurrency 8 / 32
   (``benchmarks/results/report-20261125T045458Z.md``, 3 repetitions interleaved);
-* 100M model (48 linears, 367 MiB): the packed path took 0.66 / 0.60 / 0.72 / 0.85x F.linear's time
+* 100M model (48 decoder linears and the LM head, 367 MiB): the packed path took 0.66 / 0.60 / 0.72 / 0.85x F.linear's time
   at 4 / 8 / 16 / 32 rows on two threads.
 
 So a :class:`LinearCalibration` collects the packed layers that run before any choice is made
